@@ -1,0 +1,3 @@
+from automl_tl.cli import main
+
+main()

@@ -1,0 +1,174 @@
+"""Command line: parse, call the API, print. Nothing else."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import click
+
+from . import __version__
+from .errors import AutoTLError
+
+__all__ = ["main"]
+
+
+def _clean_errors(func):
+    """Turn AutoTLError into one line on stderr and exit 1 (tracebacks only with --verbose)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        verbose = kwargs.get("verbose", False)
+        try:
+            return func(*args, **kwargs)
+        except AutoTLError as e:
+            if verbose:
+                raise
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted; run the same command again to start over", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group()
+@click.version_option(__version__, prog_name="automl-tl")
+def main():
+    """automl-tl: adapt a pretrained image network to your labelled images."""
+
+
+def _fit_options(func):
+    options = [
+        click.option("--out", type=click.Path(), help="Run folder (default: a new one in runs/)."),
+        click.option("--backbone", default="efficientnet_lite0", show_default=True),
+        click.option("--weights", type=click.Path(), help="Local weight file for the backbone."),
+        click.option("--case", type=int, help="Force a case (1-4) instead of the planner's."),
+        click.option("--epochs", default=100, show_default=True, help="Max head epochs."),
+        click.option("--val-fraction", default=0.2, show_default=True),
+        click.option("--batch-size", default=32, show_default=True),
+        click.option("--seed", default=0, show_default=True),
+        click.option("--strict", is_flag=True, help="Every data problem is an error."),
+        click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress output."),
+        click.option("--verbose", "-v", is_flag=True, help="Show tracebacks."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _run_fit(
+    data,
+    out,
+    backbone,
+    weights,
+    case,
+    epochs,
+    val_fraction,
+    batch_size,
+    seed,
+    strict,
+    as_json,
+    quiet,
+):
+    from .api import AutoTransfer
+
+    model = AutoTransfer(
+        backbone=backbone,
+        weights=weights,
+        case=case,
+        epochs=epochs,
+        val_fraction=val_fraction,
+        batch_size=batch_size,
+        seed=seed,
+        strict=strict,
+        out=out,
+        quiet=quiet or as_json,
+    ).fit(data)
+    val = model.metrics_["validation"]
+    summary = {
+        "run_dir": str(model.run_dir_),
+        "model": str(model.onnx_path_),
+        "case": model.plan_.case,
+        "backbone": model.plan_.backbone,
+        "classes": model.classes_,
+        "images_used": len(model.audit_.samples),
+        "files_skipped": len(model.audit_.problems),
+        "left_out_classes": model.audit_.left_out_classes,
+        "val_accuracy": val["accuracy"],
+        "val_balanced_accuracy": val["balanced_accuracy"],
+        "export_check": model.export_check_,
+        "fit_seconds": model.metrics_["fit_seconds"],
+    }
+    if "test" in model.metrics_:
+        summary["test_accuracy"] = model.metrics_["test"]["accuracy"]
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    chk = model.export_check_
+    click.echo(
+        f"case {summary['case']} ({summary['backbone']}): validation accuracy "
+        f"{val['accuracy']:.4f}, balanced {val['balanced_accuracy']:.4f} on {val['n']} images\n"
+        f"export check: onnxruntime vs torch on {chk['n_images']} held-out images, "
+        f"max |logit diff| {chk['max_abs_diff']:.1e}, top-1 agreement {chk['top1_agreement']:.0%}\n"
+        f"{summary['images_used']} images used, {summary['files_skipped']} files skipped "
+        f"(see audit.json)\nrun folder: {summary['run_dir']}"
+    )
+
+
+@main.command()
+@click.argument("data")
+@_fit_options
+@_clean_errors
+def fit(data, verbose, **kwargs):
+    """Adapt the backbone to DATA: a folder of class folders or a CSV of path,label."""
+    _run_fit(data, **kwargs)
+
+
+@main.command()
+@click.argument("folder", default="demo-data")
+@_fit_options
+@_clean_errors
+def demo(folder, verbose, **kwargs):
+    """Write scikit-learn's digits as PNG class folders into FOLDER, then fit on them."""
+    from .demo import write_digits
+
+    write_digits(folder)
+    click.echo(f"wrote sample dataset to {folder}/ (scikit-learn digits, 10 classes)", err=True)
+    _run_fit(folder, **kwargs)
+
+
+@main.command()
+@click.argument("model", type=str)
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--top-k", "-k", default=1, show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines, one per image.")
+@click.option("--verbose", "-v", is_flag=True, help="Show tracebacks.")
+@_clean_errors
+def predict(model, paths, top_k, batch_size, as_json, verbose):
+    """Label image files or folders with an exported MODEL.onnx (onnxruntime only)."""
+    from .inference import Predictor
+
+    results = Predictor(model).predict(paths, top_k=top_k, batch_size=batch_size)
+    failed = 0
+    for r in results:
+        failed += "error" in r
+        if as_json:
+            click.echo(json.dumps(r))
+        elif "error" in r:
+            click.echo(f"{r['path']}\tERROR {r['error']}")
+        else:
+            tops = "  ".join(f"{label} {p:.3f}" for label, p in r["top"])
+            click.echo(f"{r['path']}\t{tops}")
+    if failed:
+        click.echo(f"{failed} of {len(results)} files could not be read", err=True)
+    if not results:
+        raise AutoTLError(f"no image files found in {', '.join(map(str, paths))}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,108 @@
+"""ONNX export of backbone cut + head (normalisation inside) and the torch/onnxruntime check."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from .errors import ExportError, OutputError
+from .report import publish
+
+__all__ = ["ExportModel", "export_onnx", "check_parity", "ort_providers", "META_PREFIX"]
+
+META_PREFIX = "automl_tl."
+INPUT_NAME, OUTPUT_NAME = "image", "logits"
+
+
+class ExportModel(nn.Module):
+    """Float32 NCHW RGB in [0, 1] -> class logits."""
+
+    def __init__(self, extractor: nn.Module, head: nn.Module):
+        super().__init__()
+        self.extractor, self.head = extractor, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.extractor(x))
+
+
+def ort_providers() -> list[str]:
+    """CUDA first when this onnxruntime build has it, CPU always."""
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+def export_onnx(model: ExportModel, path: Path, crop_size: int, metadata: dict) -> Path:
+    """Write one ONNX graph with a dynamic batch axis and JSON metadata; atomic on success."""
+    path = Path(path)
+    model = copy_to_cpu_eval(model)
+    dummy = torch.rand(2, 3, crop_size, crop_size)
+    fd, tmp = tempfile.mkstemp(suffix=".onnx.part", dir=path.parent)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (dummy,),
+                tmp,
+                dynamo=False,
+                opset_version=17,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            )
+        proto = onnx.load(tmp)
+        for key, value in metadata.items():
+            entry = proto.metadata_props.add()
+            entry.key = META_PREFIX + key
+            entry.value = value if isinstance(value, str) else json.dumps(value)
+        onnx.checker.check_model(proto)
+        onnx.save(proto, tmp)
+        publish(tmp, path)
+    except OSError as e:
+        raise OutputError(f"cannot write '{path}': {e.strerror or e}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def copy_to_cpu_eval(model: nn.Module) -> nn.Module:
+    return model.to("cpu", memory_format=torch.contiguous_format).eval()
+
+
+def check_parity(model: ExportModel, onnx_path: Path, batch: np.ndarray, atol: float = 1e-4):
+    """Run the same real images through torch and onnxruntime; raise ExportError on mismatch.
+
+    Returns a dict with n_images, max_abs_diff, top1_agreement and the providers used.
+    """
+    model = copy_to_cpu_eval(model)
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(batch)).numpy()
+    session = ort.InferenceSession(str(onnx_path), providers=ort_providers())
+    got = session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+    diff = float(np.abs(got - expected).max())
+    agree = float((got.argmax(1) == expected.argmax(1)).mean())
+    result = {
+        "n_images": int(len(batch)),
+        "max_abs_diff": diff,
+        "tolerance": atol,
+        "top1_agreement": agree,
+        "providers": session.get_providers(),
+        "passed": diff <= atol and agree == 1.0,
+    }
+    if not result["passed"]:
+        raise ExportError(
+            f"exported model '{onnx_path}' disagrees with torch on {len(batch)} images "
+            f"(max |logit diff| {diff:.2e} > {atol:.0e} or top-1 agreement {agree:.3f} < 1)"
+        )
+    return result
