@@ -81,7 +81,7 @@ class AutoTransfer(BaseEstimator):
         console = Console(quiet=self.quiet)
         spec = get_plugins().backbone(self.backbone)
         run = RunFolder(self.out if self.out is not None else default_run_dir(data))
-        report = audit(scan(data), console=console, strict=self.strict)
+        report = audit(scan(data, exclude=(run.path,)), console=console, strict=self.strict)
         train, val, test = split(report.samples, self.val_fraction, self.seed)
         classes = report.classes
         head_cfg = HeadConfig(

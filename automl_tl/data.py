@@ -75,24 +75,32 @@ def _hidden(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
 
 
-def _walk_files(folder: Path) -> list[Path]:
+def _walk_files(folder: Path, exclude: frozenset[Path] = frozenset()) -> list[Path]:
     """Every non-hidden file below folder, sorted; symlinked folders are not followed (no loops)."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
+        dirnames[:] = sorted(
+            d for d in dirnames if not _hidden(d) and (Path(dirpath) / d).resolve() not in exclude
+        )
         found.extend(Path(dirpath) / f for f in filenames if not _hidden(f))
     return sorted(found)
 
 
-def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not _hidden(p.name))
+def _class_dirs(folder: Path, exclude: frozenset[Path] = frozenset()) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_dir() and not _hidden(p.name) and p.resolve() not in exclude
+    )
 
 
-def _scan_class_tree(folder: Path, split_name: str | None) -> tuple[list[Sample], list[str]]:
+def _scan_class_tree(
+    folder: Path, split_name: str | None, exclude: frozenset[Path]
+) -> tuple[list[Sample], list[str]]:
     samples, classes = [], []
-    for cdir in _class_dirs(folder):
+    for cdir in _class_dirs(folder, exclude):
         classes.append(cdir.name)
-        samples.extend(Sample(p, cdir.name, split_name) for p in _walk_files(cdir))
+        samples.extend(Sample(p, cdir.name, split_name) for p in _walk_files(cdir, exclude))
     return samples, classes
 
 
@@ -101,9 +109,10 @@ def _scan_csv(path: Path) -> Manifest:
     samples, problems, classes = [], [], []
     with open(path, newline="", encoding="utf-8-sig") as fh:
         rows = list(csv.reader(fh))
+    first = 1
     if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
-        rows = rows[1:]
-    for lineno, row in enumerate(rows, start=1):
+        rows, first = rows[1:], 2
+    for lineno, row in enumerate(rows, start=first):
         if not row or not "".join(row).strip():
             continue
         if len(row) < 2 or not row[0].strip() or not row[1].strip():
@@ -122,7 +131,7 @@ def _scan_csv(path: Path) -> Manifest:
     return Manifest(root, samples, sorted(classes), problems)
 
 
-def scan(path: str | os.PathLike) -> Manifest:
+def scan(path: str | os.PathLike, exclude: tuple[str | os.PathLike, ...] = ()) -> Manifest:
     """Find labelled images: DIR/<class>/*, DIR/{train,val,test}/<class>/* or a path,label CSV."""
     path = Path(path)
     if not path.exists():
@@ -137,16 +146,17 @@ def scan(path: str | os.PathLike) -> Manifest:
                 "or a CSV file of path,label rows"
             )
         return _scan_csv(path)
-    subdirs = {p.name.lower(): p for p in _class_dirs(path)}
+    skip = frozenset(Path(p).resolve() for p in exclude)  # e.g. a run folder inside the data
+    subdirs = {p.name.lower(): p for p in _class_dirs(path, skip)}
     samples, classes = [], set()
     if "train" in subdirs:
         for name, split_name in _SPLIT_DIRS.items():
             if name in subdirs:
-                s, c = _scan_class_tree(subdirs[name], split_name)
+                s, c = _scan_class_tree(subdirs[name], split_name, skip)
                 samples += s
                 classes.update(c)
     else:
-        samples, found = _scan_class_tree(path, None)
+        samples, found = _scan_class_tree(path, None, skip)
         classes.update(found)
     if not classes:
         raise DataError(

@@ -77,7 +77,10 @@ def train_head(
     xt, yt = torch.as_tensor(x_train, dtype=torch.float32), torch.as_tensor(y_train).long()
     xv, yv = torch.as_tensor(x_val, dtype=torch.float32), torch.as_tensor(y_val).long()
     mean = xt.mean(0).numpy()
-    std = (xt.std(0) + 1e-6).numpy()
+    # Floor the scale so near-constant features (dead activations) are not blown up into
+    # noise that amplifies rounding differences between runtimes.
+    sd = xt.std(0)
+    std = sd.clamp(min=0.05 * float(sd.mean()) + 1e-8).numpy()
     head = LinearHead(mean, std, n_classes, config.dropout)
     counts = torch.bincount(yt, minlength=n_classes).float().clamp(min=1)
     loss_fn = nn.CrossEntropyLoss(weight=counts.sum() / (n_classes * counts))

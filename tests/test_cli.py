@@ -1,0 +1,122 @@
+"""The command line: clean one-line errors, JSON summaries, predict, progress."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from automl_tl.demo import write_digits
+
+CLI = str(Path(sys.executable).parent / "automl-tl")
+
+
+def run(*args, cwd=None):
+    return subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def assert_one_line_error(res, *needles):
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def test_console_script_installed():
+    res = run("--help")
+    assert res.returncode == 0 and "fit" in res.stdout and "predict" in res.stdout
+
+
+def test_missing_path(tmp_path):
+    assert_one_line_error(run("fit", tmp_path / "nope"), "nope", "does not exist")
+
+
+def test_empty_folder(tmp_path):
+    assert_one_line_error(run("fit", tmp_path), str(tmp_path), "no class folders")
+
+
+def test_one_usable_class(tmp_path):
+    write_digits(tmp_path, per_class=3, digits=(4,))
+    (tmp_path / "empty_class").mkdir()
+    res = run("fit", tmp_path, "--out", tmp_path / "run")
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "error: need at least 2 classes" in res.stderr
+    assert "LEFT OUT" in res.stderr  # the empty class is warned about first
+
+
+def test_unwritable_output_folder(tmp_path):
+    write_digits(tmp_path / "data", per_class=3, digits=(1, 2))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    res = run("fit", tmp_path / "data", "--out", blocker / "run")
+    assert_one_line_error(res, "not writable", "--out")
+
+
+def test_strict_turns_problems_into_errors(tmp_path):
+    write_digits(tmp_path, per_class=3, digits=(1, 2))
+    (tmp_path / "1" / "broken.png").write_bytes(b"\x89PNG garbage")
+    assert_one_line_error(
+        run("fit", tmp_path, "--strict", "-q", "--out", tmp_path / "r"), "broken.png"
+    )
+
+
+def test_unimplemented_case_is_refused(tmp_path):
+    write_digits(tmp_path, per_class=3, digits=(1, 2))
+    assert_one_line_error(
+        run("fit", tmp_path, "--case", "3", "-q", "--out", tmp_path / "r"), "--case"
+    )
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    data = write_digits(tmp_path_factory.mktemp("d"), per_class=10, digits=(0, 1))
+    Image.new("RGB", (5, 5)).save(data / "0" / "tiny.png")
+    (data / "1" / "notes.jpg").write_text("not an image")
+    out = tmp_path_factory.mktemp("out") / "run"
+    res = run("fit", data, "--out", out, "--epochs", "20", "--json")
+    return data, out, res
+
+
+def test_fit_json_summary(cli_run):
+    data, out, res = cli_run
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["run_dir"] == str(out) and Path(summary["model"]).is_file()
+    assert summary["classes"] == ["0", "1"] and summary["case"] == 1
+    assert summary["images_used"] == 21 and summary["files_skipped"] == 1
+    assert summary["export_check"]["passed"] is True
+    assert "notes.jpg" in res.stderr  # per-file problem listed, run continued
+
+
+def test_fit_shows_progress_unless_quiet(tmp_path):
+    data = write_digits(tmp_path / "d", per_class=4, digits=(0, 1))
+    loud = run("fit", data, "--out", tmp_path / "a", "--epochs", "3")
+    assert loud.returncode == 0 and "embed" in loud.stderr and "img/s" in loud.stderr
+    assert "validation accuracy" in loud.stdout
+    quiet = run("fit", data, "--out", tmp_path / "b", "--epochs", "3", "--quiet")
+    assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_predict_json_top_k(cli_run):
+    data, out, _ = cli_run
+    res = run(
+        "predict", out / "model.onnx", data / "0", data / "1" / "0000.png", "-k", "2", "--json"
+    )
+    assert res.returncode == 0, res.stderr
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert len(rows) == 12 and all(len(r["top"]) == 2 for r in rows)
+    assert rows[-1]["path"].endswith("0000.png")
+    plain = run("predict", out / "model.onnx", data / "1" / "0000.png")
+    assert plain.returncode == 0 and plain.stdout.split("\t")[1].split()[0] in {"0", "1"}
+
+
+def test_predict_errors(cli_run, tmp_path):
+    _, out, _ = cli_run
+    assert_one_line_error(run("predict", tmp_path / "none.onnx", tmp_path), "not found")
+    assert_one_line_error(run("predict", out / "model.onnx", tmp_path / "x.png"), "does not exist")
