@@ -35,14 +35,18 @@ class Stage:
 class BackboneSpec:
     """What a backbone plugin registers.
 
-    `build(weights)` returns an nn.Module whose `forward_stages(x, upto)` returns the
-    feature maps of stages 0..upto (in order) and whose `classifier` attribute is the
-    source classifier (an nn.Linear over the last stage's pooled features) or None.
-    `weights` is None for the default weights or a path to a local weight file.
+    `build(weights=None, pretrained=True, allow_download=False)` returns an nn.Module in
+    eval mode whose `forward_stages(x, upto)` returns the NCHW feature maps of stages
+    0..upto (in order) and whose `classifier` attribute is the source classifier (a module
+    mapping the last stage's pooled features to source-class logits) or None.
+    `weights` is a local weight file (state dict or safetensors) overriding the default
+    ones; `pretrained=False` gives random initialisation (tests, training from scratch);
+    `allow_download` lets the plugin fetch default weights that are not on disk.
+    `weights_path()` is the default weight file when it is on disk, else None.
     """
 
     name: str
-    build: Callable[[str | None], nn.Module]
+    build: Callable[..., nn.Module]
     stages: tuple[Stage, ...]
     preprocessing: Preprocessing
     source_domain: str
@@ -66,11 +70,16 @@ def file_sha256(path: Path) -> str:
 
 
 def load_state_dict_file(path: str | Path) -> dict:
-    """Load a state dict safely (`weights_only=True`; never runs pickled code)."""
+    """Load a state dict safely: safetensors, or torch.load with `weights_only=True`
+    (never runs pickled code)."""
     path = Path(path)
     if not path.is_file():
         raise BackboneError(f"weights file '{path}' not found; pass an existing file")
     try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise BackboneError(

@@ -15,7 +15,12 @@ from .backbone import FeatureExtractor
 from .console import Console
 from .preprocess import Preprocessing, batch_to_float, load_for_model
 
-__all__ = ["iter_batches", "embed"]
+__all__ = ["iter_batches", "embed", "pick_device"]
+
+
+def pick_device() -> torch.device:
+    """CUDA when this torch build sees a GPU, CPU otherwise."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def iter_batches(
@@ -45,15 +50,16 @@ def embed(
 ) -> list[np.ndarray]:
     """Pooled features of every stage up to the extractor's cut, one (N, width) array per stage."""
     console = console or Console(quiet=True)
-    extractor = extractor.eval().to(memory_format=torch.channels_last)
+    device = pick_device()
+    extractor = extractor.eval().to(device, memory_format=torch.channels_last)
     outputs: list[list[np.ndarray]] = []
     with console.progress("embed", len(paths)) as bar:
         for batch in iter_batches(paths, prep, batch_size):
-            x = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
+            x = torch.from_numpy(batch).to(device).contiguous(memory_format=torch.channels_last)
             feats = extractor.stage_features(x)
             if not outputs:
                 outputs = [[] for _ in feats]
             for store, f in zip(outputs, feats, strict=True):
-                store.append(f.float().numpy())
+                store.append(f.float().cpu().numpy())
             bar.update(len(batch))
     return [np.concatenate(store) for store in outputs]

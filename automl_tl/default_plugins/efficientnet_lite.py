@@ -83,10 +83,14 @@ def _weights_file(package: str, cls: str) -> Path | None:
 def _make_spec(name: str, size: int, package: str, cls: str) -> BackboneSpec:
     upstream = name.replace("_", "-")
 
-    def create(weights: str | None = None) -> nn.Module:
+    def create(
+        weights: str | None = None, pretrained: bool = True, allow_download: bool = False
+    ) -> nn.Module:
         from efficientnet_lite_pytorch import EfficientNet
 
         model = EfficientNet.from_name(upstream)
+        if not pretrained and not weights:
+            return _LiteStages(model).eval()
         path = Path(weights) if weights else _weights_file(package, cls)
         if path is None:
             raise BackboneError(
