@@ -23,7 +23,8 @@ from .inference import expand_paths
 from .planner import make_plan, profile_dataset
 from .plugins import get_plugins
 from .report import RunFolder, default_run_dir
-from .train import HeadConfig, train_head
+from .strategy import HeadTask
+from .train import HeadConfig
 
 __all__ = ["AutoTransfer"]
 
@@ -34,7 +35,9 @@ class AutoTransfer(BaseEstimator):
     Args:
         backbone: registered backbone name (`automl-tl backbones` lists them).
         weights: optional local weight file for the backbone.
+        allow_download: let the backbone download default weights that are not on disk.
         case: force a case (1-4) instead of the planner's choice.
+        strategy: force a registered strategy by name (`automl-tl strategies`).
         val_fraction: share of each class held out for validation when the data has no val/.
         epochs, patience, lr, weight_decay: head training.
         batch_size: images per embedding batch.
@@ -48,7 +51,9 @@ class AutoTransfer(BaseEstimator):
         self,
         backbone: str = "efficientnet_lite0",
         weights: str | None = None,
+        allow_download: bool = False,
         case: int | None = None,
+        strategy: str | None = None,
         val_fraction: float = 0.2,
         epochs: int = 100,
         patience: int = 15,
@@ -62,7 +67,9 @@ class AutoTransfer(BaseEstimator):
     ):
         self.backbone = backbone
         self.weights = weights
+        self.allow_download = allow_download
         self.case = case
+        self.strategy = strategy
         self.val_fraction = val_fraction
         self.epochs = epochs
         self.patience = patience
@@ -76,56 +83,49 @@ class AutoTransfer(BaseEstimator):
 
     # ----------------------------------------------------------------- fit
     def fit(self, data: str | os.PathLike) -> AutoTransfer:
-        """Scan, audit, split, embed, plan, train, evaluate, export; returns self."""
+        """Scan, audit, split, plan, embed, train, evaluate, export; returns self."""
         t0 = time.perf_counter()
         console = Console(quiet=self.quiet)
-        spec = get_plugins().backbone(self.backbone)
+        plugins = get_plugins()
+        spec = plugins.backbone(self.backbone)
         run = RunFolder(self.out if self.out is not None else default_run_dir(data))
         report = audit(scan(data, exclude=(run.path,)), console=console, strict=self.strict)
         train, val, test = split(report.samples, self.val_fraction, self.seed)
-        classes = report.classes
         head_cfg = HeadConfig(
-            epochs=self.epochs,
-            patience=self.patience,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            seed=self.seed,
-        )
-        profile = profile_dataset(
-            [s.label for s in train], [s.label for s in val], [s.label for s in test]
-        )
-        plan = make_plan(profile, spec, head_cfg, self.case)
+            epochs=self.epochs, patience=self.patience, lr=self.lr,
+            weight_decay=self.weight_decay, seed=self.seed,
+        )  # fmt: skip
+        profile = profile_dataset(*([s.label for s in part] for part in (train, val, test)))
+        plan = make_plan(profile, spec, head_cfg, plugins, self.case, self.strategy)
         for reason in plan.reasons:
             console.note(f"plan: {reason}")
+        self.classes_, self.plan_, self.audit_, self.spec_ = report.classes, plan, report, spec
         extractor = FeatureExtractor(
-            spec.build(self.weights), spec.preprocessing, spec.stage_index(plan.cut)
+            spec.build(self.weights, allow_download=self.allow_download),
+            spec.preprocessing,
+            spec.stage_index(plan.cut),
         )
         everything = train + val + test
-        feats = embed(
-            extractor, [s.path for s in everything], spec.preprocessing, self.batch_size, console
-        )[-1]
-        y = np.array([classes.index(s.label) for s in everything])
+        paths = [s.path for s in everything]
+        feats = embed(extractor, paths, spec.preprocessing, self.batch_size, console)[-1]
+        y = np.array([report.classes.index(s.label) for s in everything])
         n_tr, n_va = len(train), len(val)
-        result = train_head(
-            feats[:n_tr],
-            y[:n_tr],
-            feats[n_tr : n_tr + n_va],
-            y[n_tr : n_tr + n_va],
-            len(classes),
-            head_cfg,
-            console,
-        )
+        task = HeadTask(feats[:n_tr], y[:n_tr], feats[n_tr : n_tr + n_va],
+                        y[n_tr : n_tr + n_va], len(report.classes), head_cfg, console)  # fmt: skip
+        result = plugins.strategy(plan.strategy).fit(task)
         self.model_ = ExportModel(extractor, result.head).eval()
-        self.classes_, self.plan_, self.audit_ = classes, plan, report
-        self.spec_, self.history_, self.run_dir_ = spec, result.history, run.path
+        self.history_, self.run_dir_ = result.history, run.path
         self.metrics_ = self._metrics(result, feats, y, n_tr, n_va, time.perf_counter() - t0)
         self.onnx_path_ = run.file("model.onnx")
         self.export_check_ = self._export(self.onnx_path_, [s.path for s in val[:16]])
         self.metrics_["export_check"] = self.export_check_
-        run.write_json("plan.json", plan.to_dict())
-        run.write_json("metrics.json", self.metrics_)
-        run.write_json("classes.json", classes)
-        run.write_json("audit.json", report.to_dict())
+        for name, obj in (
+            ("plan.json", plan.to_dict()),
+            ("metrics.json", self.metrics_),
+            ("classes.json", report.classes),
+            ("audit.json", report.to_dict()),
+        ):
+            run.write_json(name, obj)
         return self
 
     def _metrics(self, result, feats, y, n_tr, n_va, seconds) -> dict:

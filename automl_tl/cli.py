@@ -34,7 +34,30 @@ def _clean_errors(func):
     return wrapper
 
 
-@click.group()
+class _PluginGroup(click.Group):
+    """Built-in commands load nothing extra; plugin commands (register_commands hook)
+    are looked up only when a name is not built in, or for --help."""
+
+    _loaded = False
+
+    def _load_plugin_commands(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            from .plugins import get_plugins
+
+            get_plugins().manager.hook.register_commands(cli=self)
+
+    def get_command(self, ctx, cmd_name):
+        if cmd_name not in self.commands:
+            self._load_plugin_commands()
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx):
+        self._load_plugin_commands()
+        return super().list_commands(ctx)
+
+
+@click.group(cls=_PluginGroup)
 @click.version_option(__version__, prog_name="automl-tl")
 def main():
     """automl-tl: adapt a pretrained image network to your labelled images."""
@@ -45,7 +68,11 @@ def _fit_options(func):
         click.option("--out", type=click.Path(), help="Run folder (default: a new one in runs/)."),
         click.option("--backbone", default="efficientnet_lite0", show_default=True),
         click.option("--weights", type=click.Path(), help="Local weight file for the backbone."),
+        click.option(
+            "--allow-download", is_flag=True, help="Let the backbone download missing weights."
+        ),
         click.option("--case", type=int, help="Force a case (1-4) instead of the planner's."),
+        click.option("--strategy", help="Force a registered strategy by name."),
         click.option("--epochs", default=100, show_default=True, help="Max head epochs."),
         click.option("--val-fraction", default=0.2, show_default=True),
         click.option("--batch-size", default=32, show_default=True),
@@ -60,39 +87,16 @@ def _fit_options(func):
     return func
 
 
-def _run_fit(
-    data,
-    out,
-    backbone,
-    weights,
-    case,
-    epochs,
-    val_fraction,
-    batch_size,
-    seed,
-    strict,
-    as_json,
-    quiet,
-):
+def _run_fit(data, as_json, quiet, **options):
     from .api import AutoTransfer
 
-    model = AutoTransfer(
-        backbone=backbone,
-        weights=weights,
-        case=case,
-        epochs=epochs,
-        val_fraction=val_fraction,
-        batch_size=batch_size,
-        seed=seed,
-        strict=strict,
-        out=out,
-        quiet=quiet or as_json,
-    ).fit(data)
+    model = AutoTransfer(quiet=quiet or as_json, **options).fit(data)
     val = model.metrics_["validation"]
     summary = {
         "run_dir": str(model.run_dir_),
         "model": str(model.onnx_path_),
         "case": model.plan_.case,
+        "strategy": model.plan_.strategy,
         "backbone": model.plan_.backbone,
         "classes": model.classes_,
         "images_used": len(model.audit_.samples),
@@ -110,7 +114,8 @@ def _run_fit(
         return
     chk = model.export_check_
     click.echo(
-        f"case {summary['case']} ({summary['backbone']}): validation accuracy "
+        f"case {summary['case']} ({summary['strategy']} on {summary['backbone']}): "
+        "validation accuracy "
         f"{val['accuracy']:.4f}, balanced {val['balanced_accuracy']:.4f} on {val['n']} images\n"
         f"export check: onnxruntime vs torch on {chk['n_images']} held-out images, "
         f"max |logit diff| {chk['max_abs_diff']:.1e}, top-1 agreement {chk['top1_agreement']:.0%}\n"
@@ -168,6 +173,74 @@ def predict(model, paths, top_k, batch_size, as_json, verbose):
         click.echo(f"{failed} of {len(results)} files could not be read", err=True)
     if not results:
         raise AutoTLError(f"no image files found in {', '.join(map(str, paths))}")
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    widths = {c: max([len(c)] + [len(str(r[c])) for r in rows]) for c in columns}
+    lines = ["  ".join(c.upper().ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _emit(rows: list[dict], columns: list[str], as_json: bool, failures: dict) -> None:
+    if as_json:
+        click.echo(json.dumps({"items": rows, "failures": failures}, indent=2))
+        return
+    click.echo(_table(rows, columns))
+    for name, why in failures.items():
+        click.echo(f"WARNING: plugin {name} failed to load: {why}", err=True)
+
+
+@main.command("plugins")
+@click.option("--json", "as_json", is_flag=True)
+def plugins_command(as_json):
+    """List loaded plugins with their versions and hooks, and plugins that failed."""
+    from .plugins import get_plugins
+
+    ps = get_plugins()
+    rows = [
+        {"name": name, "version": ps.versions.get(name, "?"), "hooks": ",".join(ps.hooks_of(name))}
+        for name, _ in ps.manager.list_name_plugin()
+    ]
+    _emit(rows, ["name", "version", "hooks"], as_json, ps.failures)
+
+
+@main.command("backbones")
+@click.option("--json", "as_json", is_flag=True)
+def backbones_command(as_json):
+    """List backbones: source domain, parameters, whether weights are available offline."""
+    from .plugins import get_plugins
+
+    ps = get_plugins()
+    rows = []
+    for name, spec in sorted(ps.backbones.items()):
+        net = spec.build(pretrained=False)
+        weights = spec.weights_path()
+        rows.append({
+            "name": name,
+            "plugin": ps.owner["backbones", name],
+            "source": spec.source_domain,
+            "params": f"{sum(p.numel() for p in net.parameters()) / 1e6:.1f}M",
+            "input": spec.preprocessing.crop_size,
+            "stages": len(spec.stages),
+            "offline_weights": "yes" if weights else "no",
+        })  # fmt: skip
+    _emit(rows, list(rows[0]) if rows else ["name"], as_json, ps.failures)
+
+
+@main.command("strategies")
+@click.option("--json", "as_json", is_flag=True)
+def strategies_command(as_json):
+    """List strategies: name, the case they implement, plugin, description."""
+    from .plugins import get_plugins
+
+    ps = get_plugins()
+    rows = [
+        {"name": name, "case": spec.case or "-", "plugin": ps.owner["strategies", name],
+         "description": spec.description}
+        for name, spec in sorted(ps.strategies.items())
+    ]  # fmt: skip
+    _emit(rows, ["name", "case", "plugin", "description"], as_json, ps.failures)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,8 +12,21 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 class AutoTLSpec:
-    """Hook specifications. Each hook receives a `register` callback."""
+    """Hook specifications. Plugins implement any subset, as module functions or methods."""
 
     @hookspec
     def register_backbones(self, register):
         """Register backbones: call register(BackboneSpec(...)) once per backbone."""
+
+    @hookspec
+    def register_strategies(self, register):
+        """Register strategies: call register(StrategySpec(...)) once per strategy."""
+
+    @hookspec
+    def register_commands(self, cli):
+        """Add click commands to the `automl-tl` group: cli.add_command(...) or @cli.command()."""
+
+    @hookspec(firstresult=True)
+    def select_strategy(self, profile):
+        """Return a registered strategy name for this DatasetProfile to override the planner,
+        or None to leave the decision to it."""

@@ -65,37 +65,64 @@ class Plan:
         return d
 
 
+def _pick_strategy(plugins, profile, case: int | None, strategy: str | None):
+    """(StrategySpec, reason): --strategy wins, then a select_strategy hook, then the case."""
+    if strategy:
+        return plugins.strategy(strategy), f"strategy '{strategy}' requested by the user"
+    picked = plugins.select_strategy(profile)
+    if picked:
+        plugin, name = picked
+        return plugins.strategy(name), f"plugin {plugin} selected strategy '{name}'"
+    wanted = case or 1
+    for spec in plugins.strategies.values():
+        if spec.case == wanted:
+            why = (
+                f"case {wanted} requested by the user"
+                if case
+                else "case 1 chosen because it is the only case this version implements; "
+                "size/similarity analysis does not yet choose between cases"
+            )
+            return spec, f"{why}; strategy '{spec.name}'"
+    raise AutoTLError(f"no strategy implements case {wanted}; `automl-tl strategies` lists them")
+
+
 def make_plan(
     profile: DatasetProfile,
     backbone: BackboneSpec,
     head: HeadConfig,
+    plugins,
     case: int | None = None,
+    strategy: str | None = None,
 ) -> Plan:
-    """Choose the case. This version trains case 1 only and says so in the reasons."""
+    """Choose the case and strategy. This version trains feature-based strategies only
+    (case 1 and plugin strategies on frozen features) and says so in the reasons."""
     if case is not None and case not in CASES:
         raise AutoTLError(f"--case {case} is not a case; use 1, 2, 3 or 4")
     if case is not None and case not in IMPLEMENTED:
         raise AutoTLError(
             f"--case {case} ({CASES[case]}) is not available in this version; use --case 1"
         )
+    spec, why = _pick_strategy(plugins, profile, case, strategy)
     reasons = [
         f"data: {profile.images} usable images in {profile.classes} classes "
         f"(train {profile.train_images}, validation {profile.val_images}, "
         f"test {profile.test_images}); largest/smallest class = {profile.imbalance:.2f}",
         f"backbone: {backbone.name} pretrained on {backbone.source_domain}",
+        why,
     ]
-    if case is None:
-        reasons.append(
-            "case 1 chosen because it is the only case this version implements; "
-            "size/similarity analysis does not yet choose between cases"
-        )
-    else:
-        reasons.append(f"case {case} requested by the user")
     if profile.imbalance > 1.5:
         reasons.append("classes are imbalanced: the head's loss weights classes inversely to size")
     cut = backbone.stages[-1]
     reasons.append(
-        f"cut point: last stage '{cut.name}' ({cut.width} features): case 1 keeps the whole "
-        "backbone frozen, so features are computed once and the head trains on them"
+        f"cut point: last stage '{cut.name}' ({cut.width} features): the backbone stays "
+        "frozen, so features are computed once and the head trains on them"
     )
-    return Plan(1, "frozen_head", backbone.name, cut.name, head.to_dict(), reasons, asdict(profile))
+    return Plan(
+        spec.case or 1,
+        spec.name,
+        backbone.name,
+        cut.name,
+        head.to_dict(),
+        reasons,
+        asdict(profile),
+    )

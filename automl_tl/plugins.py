@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 from dataclasses import dataclass, field
 from importlib import metadata
 
 import pluggy
 
-from .errors import BackboneError
+from .errors import AutoTLError, BackboneError
 from .hookspecs import PROJECT, AutoTLSpec
 
-__all__ = ["PluginSet", "get_plugins", "BUILTIN_PLUGINS"]
+__all__ = ["PluginSet", "get_plugins", "BUILTIN_PLUGINS", "DISABLE_ENV", "ONLY_ENV"]
+
+# Comma-separated plugin names: never load these / load only these.
+DISABLE_ENV = "AUTOML_TL_DISABLE_PLUGINS"
+ONLY_ENV = "AUTOML_TL_PLUGINS"
 
 # Module paths of the built-in plugins; the same modules are also declared as
 # entry points in pyproject.toml, and an entry point of the same name is skipped.
-BUILTIN_PLUGINS = {"efficientnet_lite": "automl_tl.default_plugins.efficientnet_lite"}
+BUILTIN_PLUGINS = {
+    "efficientnet_lite": "automl_tl.default_plugins.efficientnet_lite",
+    "strategies": "automl_tl.default_plugins.strategies",
+    "torchvision_backbones": "automl_tl.default_plugins.torchvision_backbones",
+}
 
 
 @dataclass
@@ -25,30 +34,42 @@ class PluginSet:
 
     manager: pluggy.PluginManager
     backbones: dict = field(default_factory=dict)
+    strategies: dict = field(default_factory=dict)
     failures: dict = field(default_factory=dict)
-    _owner: dict = field(default_factory=dict)
+    owner: dict = field(default_factory=dict)  # (kind, name) -> plugin name
+    versions: dict = field(default_factory=dict)  # plugin name -> distribution version
 
-    def _register_backbone(self, plugin_name: str, spec) -> None:
-        from .backbone import BackboneSpec
-
-        if not isinstance(spec, BackboneSpec):
-            raise TypeError(f"plugin {plugin_name} registered {spec!r}, not a BackboneSpec")
-        if spec.name in self.backbones:
-            raise ValueError(
-                f"backbone '{spec.name}' is registered by both plugin "
-                f"{self._owner[spec.name]} and plugin {plugin_name}"
+    def _register(self, kind: str, spec_type: type, plugin_name: str, spec) -> None:
+        """The `register` callback handed to plugins: validates and de-duplicates."""
+        if not isinstance(spec, spec_type):
+            raise TypeError(
+                f"plugin {plugin_name} registered {spec!r}; expected a {spec_type.__name__}"
             )
-        self.backbones[spec.name] = spec
-        self._owner[spec.name] = plugin_name
+        table = getattr(self, kind)
+        if spec.name in table:
+            raise ValueError(
+                f"{kind[:-1]} '{spec.name}' is registered by both plugin "
+                f"{self.owner[kind, spec.name]} and plugin {plugin_name}"
+            )
+        table[spec.name] = spec
+        self.owner[kind, spec.name] = plugin_name
 
     def collect(self) -> None:
-        """Call every plugin's register_backbones; a failing plugin is recorded, not fatal."""
-        for impl in self.manager.hook.register_backbones.get_hookimpls():
-            name = impl.plugin_name
-            try:
-                impl.function(register=functools.partial(self._register_backbone, name))
-            except Exception as e:  # a broken plugin must not take the others down
-                self.failures[name] = f"{type(e).__name__}: {e}"
+        """Call every plugin's register hooks; a failing plugin is recorded, not fatal."""
+        from .backbone import BackboneSpec
+        from .strategy import StrategySpec
+
+        for kind, hook, spec_type in (
+            ("backbones", self.manager.hook.register_backbones, BackboneSpec),
+            ("strategies", self.manager.hook.register_strategies, StrategySpec),
+        ):
+            for impl in hook.get_hookimpls():
+                name = impl.plugin_name
+                register = functools.partial(self._register, kind, spec_type, name)
+                try:
+                    impl.function(register=register)
+                except Exception as e:  # a broken plugin must not take the others down
+                    self.failures[name] = f"{type(e).__name__}: {e}"
 
     def backbone(self, name: str):
         if name not in self.backbones:
@@ -56,27 +77,84 @@ class PluginSet:
             raise BackboneError(f"unknown backbone '{name}'; available: {known}")
         return self.backbones[name]
 
+    def strategy(self, name: str):
+        if name not in self.strategies:
+            known = ", ".join(sorted(self.strategies)) or "none"
+            raise AutoTLError(f"unknown strategy '{name}'; available: {known}")
+        return self.strategies[name]
 
-def _load(manager: pluggy.PluginManager, failures: dict) -> None:
+    def select_strategy(self, profile) -> tuple[str, str] | None:
+        """First non-None answer of the select_strategy hooks (pluggy's order: last
+        registered first), as (plugin name, strategy name)."""
+        for impl in reversed(self.manager.hook.select_strategy.get_hookimpls()):
+            answer = impl.function(profile=profile)
+            if answer is not None:
+                return impl.plugin_name, answer
+        return None
+
+    def hooks_of(self, plugin_name: str) -> list[str]:
+        plugin = self.manager.get_plugin(plugin_name)
+        return sorted(c.name for c in self.manager.get_hookcallers(plugin) or [])
+
+
+def _names(env: str) -> set[str] | None:
+    value = os.environ.get(env, "").strip()
+    return {n.strip() for n in value.split(",") if n.strip()} if value else None
+
+
+def _wanted(name: str) -> bool:
+    disabled, only = _names(DISABLE_ENV) or set(), _names(ONLY_ENV)
+    return name not in disabled and (only is None or name in only)
+
+
+def _load(manager: pluggy.PluginManager, failures: dict, versions: dict) -> None:
+    from . import __version__
+
     for name, module in BUILTIN_PLUGINS.items():
-        manager.register(importlib.import_module(module), name=name)
+        if _wanted(name):
+            try:
+                manager.register(importlib.import_module(module), name=name)
+                versions[name] = __version__
+            except Exception as e:
+                failures[name] = f"{type(e).__name__}: {e}"
     for ep in metadata.entry_points(group=PROJECT):
-        if manager.get_plugin(ep.name) is not None or manager.is_blocked(ep.name):
+        if manager.get_plugin(ep.name) is not None or _name_taken(manager, ep.name):
+            continue
+        if not _wanted(ep.name):
             continue
         try:
             manager.register(ep.load(), name=ep.name)
+            versions[ep.name] = ep.dist.version if ep.dist else "?"
         except Exception as e:
             failures[ep.name] = f"{type(e).__name__}: {e}"
 
 
-@functools.lru_cache(maxsize=1)
-def get_plugins() -> PluginSet:
-    """The process-wide plugin set (loaded once)."""
+def _name_taken(manager: pluggy.PluginManager, name: str) -> bool:
+    return manager.is_blocked(name) or name in BUILTIN_PLUGINS
+
+
+def new_manager() -> pluggy.PluginManager:
+    """A plugin manager with automl-tl's hook specifications and nothing registered."""
     manager = pluggy.PluginManager(PROJECT)
     manager.add_hookspecs(AutoTLSpec)
+    return manager
+
+
+@functools.lru_cache(maxsize=1)
+def get_plugins() -> PluginSet:
+    """The process-wide plugin set (loaded once; honours the two environment variables)."""
+    manager = new_manager()
     failures: dict = {}
-    _load(manager, failures)
-    manager.check_pending()
-    plugins = PluginSet(manager, failures=failures)
+    versions: dict = {}
+    _load(manager, failures, versions)
+    while True:  # a misspelled hook disables its plugin, reported, and the rest go on
+        try:
+            manager.check_pending()
+            break
+        except pluggy.PluginValidationError as e:
+            name = manager.get_name(e.plugin) or "?"
+            failures[name] = f"unknown hook: {e}"
+            manager.unregister(e.plugin)
+    plugins = PluginSet(manager, failures=failures, versions=versions)
     plugins.collect()
     return plugins

@@ -26,7 +26,7 @@ def lite0():
 def test_default_backbone_is_registered_by_its_plugin():
     plugins = get_plugins()
     assert "efficientnet_lite0" in plugins.backbones
-    assert plugins._owner["efficientnet_lite0"] == "efficientnet_lite"
+    assert plugins.owner["backbones", "efficientnet_lite0"] == "efficientnet_lite"
     assert plugins.failures == {}
 
 
