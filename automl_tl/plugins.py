@@ -13,7 +13,7 @@ import pluggy
 from .errors import AutoTLError, BackboneError
 from .hookspecs import PROJECT, AutoTLSpec
 
-__all__ = ["PluginSet", "get_plugins", "BUILTIN_PLUGINS", "DISABLE_ENV", "ONLY_ENV"]
+__all__ = ["PluginSet", "get_plugins", "load_plugins", "BUILTIN_PLUGINS", "DISABLE_ENV", "ONLY_ENV"]
 
 # Comma-separated plugin names: never load these / load only these.
 DISABLE_ENV = "AUTOML_TL_DISABLE_PLUGINS"
@@ -25,6 +25,7 @@ BUILTIN_PLUGINS = {
     "efficientnet_lite": "automl_tl.default_plugins.efficientnet_lite",
     "strategies": "automl_tl.default_plugins.strategies",
     "torchvision_backbones": "automl_tl.default_plugins.torchvision_backbones",
+    "timm_backbones": "automl_tl.default_plugins.timm_backbones",
 }
 
 
@@ -107,13 +108,15 @@ def _wanted(name: str) -> bool:
     return name not in disabled and (only is None or name in only)
 
 
-def _load(manager: pluggy.PluginManager, failures: dict, versions: dict) -> None:
+def _load(manager: pluggy.PluginManager, failures: dict, versions: dict, extra: dict) -> None:
     from . import __version__
 
-    for name, module in BUILTIN_PLUGINS.items():
+    for name, module in {**BUILTIN_PLUGINS, **extra}.items():
         if _wanted(name):
             try:
-                manager.register(importlib.import_module(module), name=name)
+                if isinstance(module, str):
+                    module = importlib.import_module(module)
+                manager.register(module, name=name)
                 versions[name] = __version__
             except Exception as e:
                 failures[name] = f"{type(e).__name__}: {e}"
@@ -143,10 +146,15 @@ def new_manager() -> pluggy.PluginManager:
 @functools.lru_cache(maxsize=1)
 def get_plugins() -> PluginSet:
     """The process-wide plugin set (loaded once; honours the two environment variables)."""
+    return load_plugins()
+
+
+def load_plugins(extra: dict | None = None) -> PluginSet:
+    """Load built-in and entry-point plugins, plus `extra` {name: module or object}."""
     manager = new_manager()
     failures: dict = {}
     versions: dict = {}
-    _load(manager, failures, versions)
+    _load(manager, failures, versions, extra or {})
     while True:  # a misspelled hook disables its plugin, reported, and the rest go on
         try:
             manager.check_pending()

@@ -7,13 +7,11 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
-from automl_tl.backbone import BackboneSpec, FeatureExtractor, Stage, load_state_dict_file
+from automl_tl.backbone import FeatureExtractor, Stage, load_state_dict_file
 from automl_tl.errors import BackboneError
-from automl_tl.hookspecs import hookimpl
-from automl_tl.plugins import PluginSet, get_plugins
-from automl_tl.preprocess import Preprocessing, batch_to_float, load_for_model
+from automl_tl.plugins import get_plugins
+from automl_tl.preprocess import batch_to_float, load_for_model
 from tests.conftest import shared_dataset
 
 
@@ -85,82 +83,6 @@ def test_malicious_pickle_weights_are_refused(tmp_path):
         load_state_dict_file(bad)
     with pytest.raises(BackboneError, match="not found"):
         load_state_dict_file(tmp_path / "missing.pth")
-
-
-class _TinyNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Conv2d(3, 4, 3, stride=2)
-        self.b = nn.Conv2d(4, 6, 3, stride=2)
-        self.classifier = None
-
-    def forward_stages(self, x, upto):
-        maps = [self.a(x)]
-        if upto >= 1:
-            maps.append(self.b(maps[0]))
-        return maps
-
-
-def _tiny_spec(name="tiny"):
-    return BackboneSpec(
-        name=name,
-        build=lambda weights: _TinyNet(),
-        stages=(Stage("a", 4, 2), Stage("b", 6, 4)),
-        preprocessing=Preprocessing(crop_size=32, resize_size=36),
-        source_domain="none",
-    )
-
-
-class _ThirdParty:
-    @hookimpl
-    def register_backbones(self, register):
-        register(_tiny_spec())
-
-
-class _Clash:
-    @hookimpl
-    def register_backbones(self, register):
-        register(_tiny_spec())
-
-
-class _Broken:
-    @hookimpl
-    def register_backbones(self, register):
-        raise RuntimeError("plugin bug")
-
-
-def _plugin_set(*plugins):
-    base = get_plugins()
-    import pluggy
-
-    from automl_tl.hookspecs import PROJECT, AutoTLSpec
-
-    pm = pluggy.PluginManager(PROJECT)
-    pm.add_hookspecs(AutoTLSpec)
-    for name, plugin in base.manager.list_name_plugin():
-        pm.register(plugin, name=name)
-    for i, plugin in enumerate(plugins):
-        pm.register(plugin, name=f"third_party_{i}")
-    pm.check_pending()
-    ps = PluginSet(pm)
-    ps.collect()
-    return ps
-
-
-def test_third_party_backbone_registers_through_the_same_hook():
-    ps = _plugin_set(_ThirdParty())
-    assert set(ps.backbones) >= {"efficientnet_lite0", "tiny"}
-    spec = ps.backbone("tiny")
-    fx = FeatureExtractor(spec.build(None), spec.preprocessing, 1)
-    assert fx(torch.rand(2, 3, 32, 32)).shape == (2, 6)
-
-
-def test_name_clash_names_both_plugins_and_broken_plugin_is_isolated():
-    ps = _plugin_set(_ThirdParty(), _Clash(), _Broken())
-    assert "tiny" in ps.backbones and "efficientnet_lite0" in ps.backbones
-    assert "third_party_0" in ps.failures["third_party_1"]
-    assert "registered by both plugin" in ps.failures["third_party_1"]
-    assert "plugin bug" in ps.failures["third_party_2"]
 
 
 def test_unknown_backbone_lists_available():
