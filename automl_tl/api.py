@@ -12,18 +12,20 @@ import torch
 from sklearn.base import BaseEstimator
 
 from . import __version__
+from .analysis import Analysis, analyse, cut_features
 from .backbone import FeatureExtractor, file_sha256
 from .console import Console
 from .data import audit, scan, split
-from .embed import embed, iter_batches
-from .errors import NotFittedError
+from .embed import iter_batches
+from .errors import AutoTLError, NotFittedError
 from .evaluate import classification_metrics
 from .export import ExportModel, check_parity, export_onnx
 from .inference import expand_paths
-from .planner import make_plan, profile_dataset
+from .planner import Plan, Thresholds, make_plan
 from .plugins import get_plugins
 from .report import RunFolder, default_run_dir
-from .strategy import HeadTask
+from .similarity import SourceBank
+from .strategy import HeadTask, ImageTask
 from .train import HeadConfig
 
 __all__ = ["AutoTransfer"]
@@ -38,6 +40,13 @@ class AutoTransfer(BaseEstimator):
         allow_download: let the backbone download default weights that are not on disk.
         case: force a case (1-4) instead of the planner's choice.
         strategy: force a registered strategy by name (`automl-tl strategies`).
+        source_bank: path of a source bank (`automl-tl source-bank build`); default: the
+            backbone's data-free bank (its source classifier's class vectors).
+        size_ratio, similarity_pvalue: override the planner's thresholds (see planner.py).
+        time_budget: seconds; a fine-tuning case whose estimate exceeds it is demoted.
+        max_analysis_images: images embedded for the profile (a stratified subset).
+        finetune_epochs: epochs of the fine-tuning cases (3, 4).
+        resume: continue an interrupted fine-tuning run in the same `out` folder.
         val_fraction: share of each class held out for validation when the data has no val/.
         epochs, patience, lr, weight_decay: head training.
         batch_size: images per embedding batch.
@@ -54,6 +63,13 @@ class AutoTransfer(BaseEstimator):
         allow_download: bool = False,
         case: int | None = None,
         strategy: str | None = None,
+        source_bank: str | os.PathLike | None = None,
+        size_ratio: float | None = None,
+        similarity_pvalue: float | None = None,
+        time_budget: float | None = None,
+        max_analysis_images: int = 2000,
+        finetune_epochs: int = 10,
+        resume: bool = False,
         val_fraction: float = 0.2,
         epochs: int = 100,
         patience: int = 15,
@@ -70,6 +86,13 @@ class AutoTransfer(BaseEstimator):
         self.allow_download = allow_download
         self.case = case
         self.strategy = strategy
+        self.source_bank = source_bank
+        self.size_ratio = size_ratio
+        self.similarity_pvalue = similarity_pvalue
+        self.time_budget = time_budget
+        self.max_analysis_images = max_analysis_images
+        self.finetune_epochs = finetune_epochs
+        self.resume = resume
         self.val_fraction = val_fraction
         self.epochs = epochs
         self.patience = patience
@@ -83,7 +106,7 @@ class AutoTransfer(BaseEstimator):
 
     # ----------------------------------------------------------------- fit
     def fit(self, data: str | os.PathLike) -> AutoTransfer:
-        """Scan, audit, split, plan, embed, train, evaluate, export; returns self."""
+        """Scan, audit, split, analyse, plan, train, evaluate, export; returns self."""
         t0 = time.perf_counter()
         console = Console(quiet=self.quiet)
         plugins = get_plugins()
@@ -91,31 +114,22 @@ class AutoTransfer(BaseEstimator):
         run = RunFolder(self.out if self.out is not None else default_run_dir(data))
         report = audit(scan(data, exclude=(run.path,)), console=console, strict=self.strict)
         train, val, test = split(report.samples, self.val_fraction, self.seed)
-        head_cfg = HeadConfig(
-            epochs=self.epochs, patience=self.patience, lr=self.lr,
-            weight_decay=self.weight_decay, seed=self.seed,
-        )  # fmt: skip
-        profile = profile_dataset(*([s.label for s in part] for part in (train, val, test)))
-        plan = make_plan(profile, spec, head_cfg, plugins, self.case, self.strategy)
+        self.classes_, self.audit_, self.spec_ = report.classes, report, spec
+        self.run_dir_ = run.path
+        net = spec.build(self.weights, allow_download=self.allow_download)
+        analysis = self._analyse(spec, net, train, val, test, console)
+        plan = self._plan(analysis, spec, plugins)
         for reason in plan.reasons:
             console.note(f"plan: {reason}")
-        self.classes_, self.plan_, self.audit_, self.spec_ = report.classes, plan, report, spec
-        extractor = FeatureExtractor(
-            spec.build(self.weights, allow_download=self.allow_download),
-            spec.preprocessing,
-            spec.stage_index(plan.cut),
-        )
-        everything = train + val + test
-        paths = [s.path for s in everything]
-        feats = embed(extractor, paths, spec.preprocessing, self.batch_size, console)[-1]
-        y = np.array([report.classes.index(s.label) for s in everything])
-        n_tr, n_va = len(train), len(val)
-        task = HeadTask(feats[:n_tr], y[:n_tr], feats[n_tr : n_tr + n_va],
-                        y[n_tr : n_tr + n_va], len(report.classes), head_cfg, console)  # fmt: skip
-        result = plugins.strategy(plan.strategy).fit(task)
-        self.model_ = ExportModel(extractor, result.head).eval()
-        self.history_, self.run_dir_ = result.history, run.path
-        self.metrics_ = self._metrics(result, feats, y, n_tr, n_va, time.perf_counter() - t0)
+        self.plan_, self.profile_ = plan, analysis.profile
+        strategy = plugins.strategy(plan.strategy)
+        parts = (train, val, test)
+        if strategy.kind == "images":
+            result, preds = self._fit_images(strategy, parts, run, console)
+        else:
+            result, preds = self._fit_features(strategy, net, analysis, parts, console)
+        self.history_ = result.history
+        self.metrics_ = self._metrics(result, preds, parts, time.perf_counter() - t0)
         self.onnx_path_ = run.file("model.onnx")
         self.export_check_ = self._export(self.onnx_path_, [s.path for s in val[:16]])
         self.metrics_["export_check"] = self.export_check_
@@ -128,21 +142,147 @@ class AutoTransfer(BaseEstimator):
             run.write_json(name, obj)
         return self
 
-    def _metrics(self, result, feats, y, n_tr, n_va, seconds) -> dict:
-        head = result.head.eval()
+    def analyze(self, data: str | os.PathLike) -> Plan:
+        """Scan, audit, split, analyse and plan without training; returns the plan."""
+        console = Console(quiet=self.quiet)
+        plugins = get_plugins()
+        spec = plugins.backbone(self.backbone)
+        report = audit(scan(data), console=console, strict=self.strict)
+        train, val, test = split(report.samples, self.val_fraction, self.seed)
+        self.classes_, self.audit_, self.spec_ = report.classes, report, spec
+        net = spec.build(self.weights, allow_download=self.allow_download)
+        analysis = self._analyse(spec, net, train, val, test, console)
+        self.profile_, self.plan_ = analysis.profile, self._plan(analysis, spec, plugins)
+        return self.plan_
+
+    def _labels(self, samples) -> np.ndarray:
+        return np.array([self.classes_.index(s.label) for s in samples], dtype=np.int64)
+
+    def _fit_features(self, strategy, net, analysis, parts, console):
+        """Frozen backbone: features of the cut (reused from the analysis where possible)."""
+        train, val, test = parts
+        prep = self.spec_.preprocessing
+        extractor = FeatureExtractor(net, prep, self.spec_.stage_index(self.plan_.cut))
+        everything = train + val + test
+        feats = cut_features(analysis, extractor, everything, self.batch_size, console)
+        n_tr, n_va = len(train), len(val)
+        y = self._labels(everything)
+        rows = slice(n_tr, n_tr + n_va)
+        k = len(self.classes_)
+        task = HeadTask(
+            feats[:n_tr], y[:n_tr], feats[rows], y[rows], k, self._head_config(), console
+        )
+        result = strategy.fit(task)
+        self.model_ = ExportModel(extractor, result.head).eval()
         with torch.no_grad():
-            pred = head(torch.from_numpy(feats)).argmax(1).numpy()
-        sl_val, sl_test = slice(n_tr, n_tr + n_va), slice(n_tr + n_va, None)
+            pred = result.head.eval()(torch.from_numpy(feats)).argmax(1).numpy()
+        return result, (pred[:n_tr], pred[n_tr : n_tr + n_va], pred[n_tr + n_va :])
+
+    def _fit_images(self, strategy, parts, run, console):
+        """Fine-tuning strategies: images in, checkpoints in the run folder."""
+        from .finetune import FinetuneConfig
+
+        train, val, test = parts
+        task = ImageTask(
+            backbone=self.spec_,
+            train_items=[(s.path, i) for s, i in zip(train, self._labels(train), strict=True)],
+            val_items=[(s.path, i) for s, i in zip(val, self._labels(val), strict=True)],
+            n_classes=len(self.classes_),
+            cut=self.plan_.cut,
+            config=FinetuneConfig(epochs=self.finetune_epochs, seed=self.seed),
+            checkpoint_dir=run.file("checkpoints"),
+            resume=self.resume,
+            console=console,
+            weights=self.weights,
+            allow_download=self.allow_download,
+            time_budget=self.time_budget,
+        )
+        result = strategy.fit(task)
+        for note in getattr(result, "notes", []):
+            console.note(f"train: {note}")
+        self.model_ = result.model.eval()
+        return result, (None, self._predict_samples(val), self._predict_samples(test))
+
+    def _predict_samples(self, samples) -> np.ndarray:
+        if not samples:
+            return np.zeros(0, dtype=np.int64)
+        return self.predict_proba([s.path for s in samples]).argmax(1)
+
+    def _head_config(self) -> HeadConfig:
+        return HeadConfig(
+            epochs=self.epochs,
+            patience=self.patience,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            seed=self.seed,
+        )
+
+    def _thresholds(self) -> Thresholds:
+        overrides = {"size_ratio": self.size_ratio, "similarity_pvalue": self.similarity_pvalue}
+        return Thresholds(**{k: v for k, v in overrides.items() if v is not None})
+
+    def _analyse(self, spec, net, train, val, test, console) -> Analysis:
+        bank = SourceBank.load(self.source_bank) if self.source_bank else None
+        if bank is not None and bank.backbone != spec.name:
+            raise AutoTLError(
+                f"source bank '{self.source_bank}' was built for backbone {bank.backbone}, "
+                f"not {spec.name}; build one with --backbone {spec.name}"
+            )
+        return analyse(
+            spec,
+            net,
+            train,
+            val,
+            test,
+            self.classes_,
+            bank,
+            self._thresholds(),
+            self.max_analysis_images,
+            self.batch_size,
+            self.seed,
+            console,
+        )
+
+    def _plan(self, analysis: Analysis, spec, plugins) -> Plan:
+        profile = analysis.profile
+        # Fine-tuning costs about 3 forward passes (forward + backward) per image and epoch.
+        finetune_seconds = (
+            self.finetune_epochs * 3 * profile.train_images / max(analysis.images_per_second, 1e-9)
+        )
+        return make_plan(
+            profile,
+            spec,
+            self._head_config(),
+            plugins,
+            self.case,
+            self.strategy,
+            self.time_budget,
+            finetune_seconds,
+        )
+
+    def _metrics(self, result, preds, parts, seconds) -> dict:
+        train, val, test = parts
+        pred_train, pred_val, pred_test = preds
         metrics = {
-            "validation": classification_metrics(y[sl_val], pred[sl_val], self.classes_),
-            "train_accuracy": float((pred[:n_tr] == y[:n_tr]).mean()),
+            "validation": classification_metrics(self._labels(val), pred_val, self.classes_),
             "best_epoch": result.best_epoch,
             "epochs_run": len(result.history),
             "history": result.history,
+            "notes": list(getattr(result, "notes", [])),
             "fit_seconds": round(seconds, 2),
         }
-        if len(y) > n_tr + n_va:
-            metrics["test"] = classification_metrics(y[sl_test], pred[sl_test], self.classes_)
+        if pred_train is not None:
+            metrics["train_accuracy"] = float((pred_train == self._labels(train)).mean())
+        if test:
+            metrics["test"] = classification_metrics(self._labels(test), pred_test, self.classes_)
+        band = self.plan_.expected_accuracy
+        if band:
+            acc = metrics["validation"]["accuracy"]
+            metrics["expected_accuracy"] = {
+                **band,
+                "achieved": acc,
+                "within": band["low"] <= acc <= band["high"],
+            }
         return metrics
 
     def _provenance(self) -> dict:

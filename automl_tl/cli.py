@@ -28,7 +28,11 @@ def _clean_errors(func):
             click.echo(f"error: {e}", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
-            click.echo("interrupted; run the same command again to start over", err=True)
+            click.echo(
+                "interrupted; nothing half-written is kept. To continue a fine-tuning run, "
+                "repeat the command with the same --out and add --resume",
+                err=True,
+            )
             sys.exit(130)
 
     return wrapper
@@ -73,6 +77,20 @@ def _fit_options(func):
         ),
         click.option("--case", type=int, help="Force a case (1-4) instead of the planner's."),
         click.option("--strategy", help="Force a registered strategy by name."),
+        click.option("--source-bank", type=click.Path(), help="Source bank file (.npz)."),
+        click.option(
+            "--size-ratio",
+            type=float,
+            help="Threshold: large when train images >= RATIO x head parameters (default 1).",
+        ),
+        click.option(
+            "--similarity-pvalue",
+            type=float,
+            help="Threshold: similar when the median p-value >= P (default 0.5).",
+        ),
+        click.option("--time-budget", type=float, help="Seconds; may demote fine-tuning."),
+        click.option("--finetune-epochs", default=10, show_default=True),
+        click.option("--resume", is_flag=True, help="Continue an interrupted run in --out."),
         click.option("--epochs", default=100, show_default=True, help="Max head epochs."),
         click.option("--val-fraction", default=0.2, show_default=True),
         click.option("--batch-size", default=32, show_default=True),
@@ -147,6 +165,94 @@ def demo(folder, verbose, **kwargs):
 
 
 @main.command()
+@click.argument("data")
+@click.option("--backbone", default="efficientnet_lite0", show_default=True)
+@click.option("--weights", type=click.Path(), help="Local weight file for the backbone.")
+@click.option("--source-bank", type=click.Path(), help="Source bank file (.npz).")
+@click.option("--size-ratio", type=float, help="Override the size threshold.")
+@click.option("--similarity-pvalue", type=float, help="Override the similarity threshold.")
+@click.option("--case", type=int, help="Force a case (1-4).")
+@click.option("--time-budget", type=float, help="Seconds; may demote fine-tuning.")
+@click.option("--max-analysis-images", default=2000, show_default=True)
+@click.option("--val-fraction", default=0.2, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the profile and plan as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@click.option("--verbose", "-v", is_flag=True, help="Show tracebacks.")
+@_clean_errors
+def analyze(data, as_json, quiet, verbose, **options):
+    """Profile DATA (size, similarity to the source domain) and print the plan, no training."""
+    from .api import AutoTransfer
+
+    plan = AutoTransfer(quiet=quiet or as_json, **options).analyze(data)
+    if as_json:
+        click.echo(json.dumps(plan.to_dict(), indent=2))
+        return
+    p = plan.profile
+    click.echo(
+        f"size: {p['size']}   similarity: {p['similar']}   ->   case {plan.case} "
+        f"({plan.strategy}), cut '{plan.cut}'"
+    )
+    for reason in plan.reasons:
+        click.echo(f"  - {reason}")
+    if p.get("source_classifier"):
+        sc = p["source_classifier"]
+        click.echo(
+            f"  source classifier: mean max-softmax {sc['mean_max_softmax']:.3f}, "
+            f"median energy score {sc['median_neg_energy']:.2f}"
+        )
+    if p.get("bn_drift"):
+        drift = ", ".join(f"{k} {v:.2f}" for k, v in p["bn_drift"].items())
+        click.echo(f"  BatchNorm drift per stage: {drift}")
+    if plan.expected_accuracy:
+        e = plan.expected_accuracy
+        click.echo(f"  expected accuracy: {e['low']:.3f}-{e['high']:.3f} ({e['basis']})")
+
+
+@main.group("source-bank")
+def source_bank():
+    """Build or inspect source reference banks for the similarity analysis."""
+
+
+@source_bank.command("build")
+@click.argument("folder")
+@click.option("--backbone", default="efficientnet_lite0", show_default=True)
+@click.option("--weights", type=click.Path(), help="Local weight file for the backbone.")
+@click.option("--out", type=click.Path(), help="Bank file (default: in the cache folder).")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--quiet", "-q", is_flag=True)
+@click.option("--verbose", "-v", is_flag=True, help="Show tracebacks.")
+@_clean_errors
+def source_bank_build(folder, backbone, weights, out, batch_size, quiet, verbose):
+    """Embed every image under FOLDER (source-domain images) into a bank for BACKBONE."""
+    import numpy as np
+
+    from .banks import build_bank
+
+    path, bank = build_bank(folder, backbone, weights, out, batch_size, quiet)
+    median = float(np.median(bank.reference))
+    click.echo(f"wrote {path}: {bank.description}; median nearest-neighbour cosine {median:.3f}")
+
+
+@source_bank.command("show")
+@click.argument("path")
+@click.option("--verbose", "-v", is_flag=True, help="Show tracebacks.")
+@_clean_errors
+def source_bank_show(path, verbose):
+    """Print what a bank file holds."""
+    import numpy as np
+
+    from .similarity import SourceBank
+
+    bank = SourceBank.load(path)
+    q = [float(x) for x in np.quantile(bank.reference, [0.05, 0.5, 0.95])]
+    click.echo(
+        f"{path}: backbone {bank.backbone}, {bank.kind}, {bank.description}; "
+        f"nearest-neighbour cosine q05/median/q95 {q[0]:.3f}/{q[1]:.3f}/{q[2]:.3f}"
+    )
+
+
+@main.command()
 @click.argument("model", type=str)
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--top-k", "-k", default=1, show_default=True)
@@ -216,15 +322,17 @@ def backbones_command(as_json):
     for name, spec in sorted(ps.backbones.items()):
         net = spec.build(pretrained=False)
         weights = spec.weights_path()
-        rows.append({
-            "name": name,
-            "plugin": ps.owner["backbones", name],
-            "source": spec.source_domain,
-            "params": f"{sum(p.numel() for p in net.parameters()) / 1e6:.1f}M",
-            "input": spec.preprocessing.crop_size,
-            "stages": len(spec.stages),
-            "offline_weights": "yes" if weights else "no",
-        })  # fmt: skip
+        rows.append(
+            {
+                "name": name,
+                "plugin": ps.owner["backbones", name],
+                "source": spec.source_domain,
+                "params": f"{sum(p.numel() for p in net.parameters()) / 1e6:.1f}M",
+                "input": spec.preprocessing.crop_size,
+                "stages": len(spec.stages),
+                "offline_weights": "yes" if weights else "no",
+            }
+        )
     _emit(rows, list(rows[0]) if rows else ["name"], as_json, ps.failures)
 
 
@@ -236,10 +344,14 @@ def strategies_command(as_json):
 
     ps = get_plugins()
     rows = [
-        {"name": name, "case": spec.case or "-", "plugin": ps.owner["strategies", name],
-         "description": spec.description}
+        {
+            "name": name,
+            "case": spec.case or "-",
+            "plugin": ps.owner["strategies", name],
+            "description": spec.description,
+        }
         for name, spec in sorted(ps.strategies.items())
-    ]  # fmt: skip
+    ]
     _emit(rows, ["name", "case", "plugin", "description"], as_json, ps.failures)
 
 

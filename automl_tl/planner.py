@@ -1,7 +1,22 @@
-"""DatasetProfile -> Plan: which case, which cut point, which hyper-parameters, and why."""
+"""DatasetProfile -> Plan: which case, which cut point, which hyper-parameters, and why.
+
+Verdicts and their thresholds (each can be overridden, see `Thresholds`):
+
+- size: *large* when the training set has at least as many images as the new linear
+  head has parameters (feature width x classes, `size_ratio` = 1). Below that even the
+  head is under-determined by the data, so adapting millions of backbone weights would
+  overfit: *small*.
+- similarity: *similar* when the median conformal p-value of the target images against
+  the source bank is at least 0.5 (`similarity_pvalue`), the value expected when the
+  target is distributed like the bank's own vectors (see similarity.py).
+- cut point (case 2): the earliest stage whose k-NN probe accuracy is within one
+  standard error of the best stage's (the one-standard-error rule): the least
+  source-specific features that still do as well as any.
+"""
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
@@ -9,7 +24,16 @@ from .backbone import BackboneSpec
 from .errors import AutoTLError
 from .train import HeadConfig
 
-__all__ = ["DatasetProfile", "Plan", "profile_dataset", "make_plan", "CASES", "IMPLEMENTED"]
+__all__ = [
+    "Thresholds",
+    "DatasetProfile",
+    "Plan",
+    "size_profile",
+    "add_verdicts",
+    "make_plan",
+    "CASES",
+    "IMPLEMENTED",
+]
 
 CASES = {
     1: "small + similar: freeze the backbone, train a new fully connected head",
@@ -17,12 +41,27 @@ CASES = {
     3: "large + similar: fine-tune everything from pretrained weights with a new head",
     4: "large + different: fine-tune, or retrain from scratch when that validates better",
 }
-IMPLEMENTED = (1,)
+IMPLEMENTED = (1, 2, 3, 4)
+_CASE_OF = {
+    ("small", "similar"): 1,
+    ("small", "different"): 2,
+    ("large", "similar"): 3,
+    ("large", "different"): 4,
+}
+_DEMOTE = {3: 1, 4: 2}
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Decision thresholds; the defaults are derived in the module docstring."""
+
+    size_ratio: float = 1.0
+    similarity_pvalue: float = 0.5
 
 
 @dataclass
 class DatasetProfile:
-    """Measured facts about the usable data."""
+    """Measured facts about the usable data and the verdicts drawn from them."""
 
     images: int
     classes: int
@@ -31,20 +70,55 @@ class DatasetProfile:
     train_images: int
     val_images: int
     test_images: int
+    feature_width: int = 0
+    similarity: dict = field(default_factory=dict)
+    source_classifier: dict = field(default_factory=dict)
+    bn_drift: dict = field(default_factory=dict)
+    probes: dict = field(default_factory=dict)
+    probe_n: int = 0
+    size: str = ""
+    similar: str = ""
+    verdict_reasons: list[str] = field(default_factory=list)
 
 
-def profile_dataset(labels_train, labels_val, labels_test) -> DatasetProfile:
+def size_profile(labels_train, labels_val, labels_test) -> DatasetProfile:
+    """The size half of a profile (counts only)."""
     counts = Counter(list(labels_train) + list(labels_val) + list(labels_test))
-    per_class = dict(sorted(counts.items()))
     return DatasetProfile(
         images=sum(counts.values()),
         classes=len(counts),
-        per_class=per_class,
+        per_class=dict(sorted(counts.items())),
         imbalance=max(counts.values()) / max(1, min(counts.values())),
         train_images=len(labels_train),
         val_images=len(labels_val),
         test_images=len(labels_test),
     )
+
+
+def add_verdicts(profile: DatasetProfile, thresholds: Thresholds = Thresholds()) -> None:
+    """Fill in size/similarity verdicts with the numbers and margins behind them."""
+    head_params = profile.feature_width * profile.classes
+    need = thresholds.size_ratio * head_params
+    profile.size = "large" if profile.train_images >= need else "small"
+    profile.verdict_reasons = [
+        f"size: {profile.size}: {profile.train_images} training images vs "
+        f"{need:.0f} = {thresholds.size_ratio:g} x {profile.feature_width} features x "
+        f"{profile.classes} classes (the new head's parameters); ratio "
+        f"{profile.train_images / max(need, 1):.2f}"
+    ]
+    if profile.similarity:
+        p = profile.similarity["median_pvalue"]
+        profile.similar = "similar" if p >= thresholds.similarity_pvalue else "different"
+        profile.verdict_reasons.append(
+            f"similarity: {profile.similar}: median p-value {p:.3f} vs threshold "
+            f"{thresholds.similarity_pvalue:g} (margin {p - thresholds.similarity_pvalue:+.3f}); "
+            f"median nearest-neighbour cosine {profile.similarity['median_score']:.3f} vs the "
+            f"bank's own {profile.similarity['bank_median_score']:.3f} "
+            f"({profile.similarity['bank']})"
+        )
+    else:
+        profile.similar = "similar"
+        profile.verdict_reasons.append("similarity: not measured (no source bank); assumed similar")
 
 
 @dataclass
@@ -58,6 +132,7 @@ class Plan:
     head: dict
     reasons: list[str] = field(default_factory=list)
     profile: dict = field(default_factory=dict)
+    expected_accuracy: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -65,7 +140,41 @@ class Plan:
         return d
 
 
-def _pick_strategy(plugins, profile, case: int | None, strategy: str | None):
+def _choose_cut(profile: DatasetProfile, backbone: BackboneSpec) -> tuple[str, str]:
+    """(stage name, reason) by the one-standard-error rule over the stage probes."""
+    probes, n = profile.probes, max(profile.probe_n, 1)
+    best_name = max(probes, key=probes.get)
+    best = probes[best_name]
+    se = math.sqrt(max(best * (1 - best), 1e-12) / n)
+    for stage in backbone.stages:
+        if stage.name in probes and probes[stage.name] >= best - se:
+            table = ", ".join(f"{k} {v:.3f}" for k, v in probes.items())
+            return stage.name, (
+                f"cut point: '{stage.name}' ({stage.width} features), the earliest stage within "
+                f"one standard error ({se:.3f}) of the best k-NN probe ({best_name} {best:.3f}); "
+                f"probes: {table}"
+            )
+    return best_name, f"cut point: '{best_name}', best k-NN probe"
+
+
+def _expected(profile: DatasetProfile, cut: str, case: int) -> dict:
+    acc = profile.probes.get(cut)
+    if acc is None:
+        return {}
+    half = 1.96 * math.sqrt(max(acc * (1 - acc), 1e-12) / max(profile.probe_n, 1))
+    low, high = max(0.0, acc - half), min(1.0, acc + half)
+    if case in (3, 4):  # fine-tuning should do at least as well as the frozen features
+        high = 1.0
+    basis = f"95% interval of the leave-one-out k-NN probe on '{cut}' features"
+    return {
+        "low": round(low, 4),
+        "high": round(high, 4),
+        "probe_accuracy": round(acc, 4),
+        "basis": basis,
+    }
+
+
+def _pick_strategy(plugins, profile, case: int, strategy: str | None, why_case: str):
     """(StrategySpec, reason): --strategy wins, then a select_strategy hook, then the case."""
     if strategy:
         return plugins.strategy(strategy), f"strategy '{strategy}' requested by the user"
@@ -73,17 +182,29 @@ def _pick_strategy(plugins, profile, case: int | None, strategy: str | None):
     if picked:
         plugin, name = picked
         return plugins.strategy(name), f"plugin {plugin} selected strategy '{name}'"
-    wanted = case or 1
     for spec in plugins.strategies.values():
-        if spec.case == wanted:
-            why = (
-                f"case {wanted} requested by the user"
-                if case
-                else "case 1 chosen because it is the only case this version implements; "
-                "size/similarity analysis does not yet choose between cases"
-            )
-            return spec, f"{why}; strategy '{spec.name}'"
-    raise AutoTLError(f"no strategy implements case {wanted}; `automl-tl strategies` lists them")
+        if spec.case == case:
+            return spec, f"{why_case}; strategy '{spec.name}'"
+    raise AutoTLError(f"no strategy implements case {case}; `automl-tl strategies` lists them")
+
+
+def _case(profile, case, time_budget, finetune_seconds) -> tuple[int, list[str]]:
+    if case is not None:
+        if case not in CASES:
+            raise AutoTLError(f"--case {case} is not a case; use 1, 2, 3 or 4")
+        return case, [f"case {case} requested by the user (--case)"]
+    auto = _CASE_OF[profile.size, profile.similar]
+    reasons = [f"case {auto}: {CASES[auto]}"]
+    if auto not in IMPLEMENTED and auto in _DEMOTE:
+        reasons.append(f"case {auto} is not available in this version: case {_DEMOTE[auto]}")
+        auto = _DEMOTE[auto]
+    if auto in _DEMOTE and time_budget and finetune_seconds and finetune_seconds > time_budget:
+        reasons.append(
+            f"time budget {time_budget:.0f}s < estimated fine-tuning time "
+            f"{finetune_seconds:.0f}s: demoted to case {_DEMOTE[auto]}"
+        )
+        auto = _DEMOTE[auto]
+    return auto, reasons
 
 
 def make_plan(
@@ -93,36 +214,42 @@ def make_plan(
     plugins,
     case: int | None = None,
     strategy: str | None = None,
+    time_budget: float | None = None,
+    finetune_seconds: float | None = None,
 ) -> Plan:
-    """Choose the case and strategy. This version trains feature-based strategies only
-    (case 1 and plugin strategies on frozen features) and says so in the reasons."""
-    if case is not None and case not in CASES:
-        raise AutoTLError(f"--case {case} is not a case; use 1, 2, 3 or 4")
-    if case is not None and case not in IMPLEMENTED:
+    """Choose case, strategy and cut point; every decision comes with its reason."""
+    if case is not None and case in CASES and case not in IMPLEMENTED:
         raise AutoTLError(
-            f"--case {case} ({CASES[case]}) is not available in this version; use --case 1"
+            f"--case {case} ({CASES[case]}) is not available in this version; "
+            f"use one of {', '.join(map(str, IMPLEMENTED))}"
         )
-    spec, why = _pick_strategy(plugins, profile, case, strategy)
+    chosen, case_reasons = _case(profile, case, time_budget, finetune_seconds)
+    spec, why = _pick_strategy(plugins, profile, chosen, strategy, case_reasons[-1])
+    chosen = spec.case or chosen
     reasons = [
         f"data: {profile.images} usable images in {profile.classes} classes "
         f"(train {profile.train_images}, validation {profile.val_images}, "
         f"test {profile.test_images}); largest/smallest class = {profile.imbalance:.2f}",
         f"backbone: {backbone.name} pretrained on {backbone.source_domain}",
+        *profile.verdict_reasons,
+        *case_reasons[:-1],
         why,
     ]
     if profile.imbalance > 1.5:
-        reasons.append("classes are imbalanced: the head's loss weights classes inversely to size")
-    cut = backbone.stages[-1]
-    reasons.append(
-        f"cut point: last stage '{cut.name}' ({cut.width} features): the backbone stays "
-        "frozen, so features are computed once and the head trains on them"
-    )
+        reasons.append("classes are imbalanced: the loss weights classes inversely to size")
+    if chosen == 2 and profile.probes:
+        cut, cut_reason = _choose_cut(profile, backbone)
+    else:
+        last = backbone.stages[-1]
+        cut, cut_reason = last.name, f"cut point: last stage '{last.name}' ({last.width} features)"
+    reasons.append(cut_reason)
     return Plan(
-        spec.case or 1,
+        chosen,
         spec.name,
         backbone.name,
-        cut.name,
+        cut,
         head.to_dict(),
         reasons,
         asdict(profile),
+        _expected(profile, cut, chosen),
     )

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from .backbone import BackboneSpec
 from .console import Console
 from .train import HeadConfig, TrainResult
 
-__all__ = ["StrategySpec", "HeadTask"]
+__all__ = ["StrategySpec", "HeadTask", "ImageTask"]
 
 
 @dataclass
@@ -27,18 +29,41 @@ class HeadTask:
     console: Console
 
 
+@dataclass
+class ImageTask:
+    """What an image-based (fine-tuning) strategy gets: the backbone, (path, label index)
+    pairs, the planned cut, the fine-tuning config and where to checkpoint."""
+
+    backbone: BackboneSpec
+    train_items: list[tuple[Path, int]]
+    val_items: list[tuple[Path, int]]
+    n_classes: int
+    cut: str
+    config: object  # automl_tl.finetune.FinetuneConfig
+    checkpoint_dir: Path
+    resume: bool
+    console: Console
+    weights: str | None = None
+    allow_download: bool = False
+    time_budget: float | None = None
+
+
 @dataclass(frozen=True)
 class StrategySpec:
     """What a strategy plugin registers.
 
-    `fit(task)` returns a TrainResult whose `head` is a torch module mapping pooled
-    features (N, width) to class logits (N, n_classes); it must be traceable by
-    torch.onnx.export, since it becomes part of the exported graph. `case` names the
-    planner case (1-4) the strategy implements, or None for a strategy chosen only by
-    name (`--strategy`) or by a `select_strategy` hook.
+    kind "features": `fit(HeadTask)` returns a TrainResult whose `head` is a torch module
+    mapping pooled features (N, width) to class logits (N, n_classes); it must be traceable
+    by torch.onnx.export, since it becomes part of the exported graph. The backbone stays
+    frozen and its features are computed once.
+    kind "images": `fit(ImageTask)` returns an object with `.model` (an ExportModel:
+    images -> logits), `.best_epoch`, `.history` and optionally `.notes` (list of str).
+    `case` names the planner case (1-4) the strategy implements, or None for a strategy
+    chosen only by name (`--strategy`) or by a `select_strategy` hook.
     """
 
     name: str
     description: str
-    fit: Callable[[HeadTask], TrainResult]
+    fit: Callable[..., TrainResult]
     case: int | None = None
+    kind: str = "features"

@@ -27,7 +27,9 @@ def test_run_folder_contents(fitted):
     for name in ("model.onnx", "metrics.json", "plan.json", "classes.json", "audit.json"):
         assert (fitted.run_dir_ / name).is_file(), name
     plan = json.loads((fitted.run_dir_ / "plan.json").read_text())
-    assert plan["case"] == 1 and plan["backbone"] == "efficientnet_lite0" and plan["reasons"]
+    assert plan["backbone"] == "efficientnet_lite0" and plan["reasons"]
+    verdict = plan["profile"]["size"], plan["profile"]["similar"]
+    assert plan["case"] == {("small", "similar"): 1, ("small", "different"): 2}[verdict]
     assert json.loads((fitted.run_dir_ / "classes.json").read_text()) == ["0", "1", "7"]
     metrics = json.loads((fitted.run_dir_ / "metrics.json").read_text())
     val = metrics["validation"]

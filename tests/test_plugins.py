@@ -16,7 +16,7 @@ from automl_tl import plugins as plugins_mod
 from automl_tl.backbone import BackboneSpec, FeatureExtractor, Stage
 from automl_tl.errors import AutoTLError
 from automl_tl.hookspecs import hookimpl
-from automl_tl.planner import make_plan, profile_dataset
+from automl_tl.planner import add_verdicts, make_plan, size_profile
 from automl_tl.plugins import load_plugins
 from automl_tl.preprocess import Preprocessing
 from automl_tl.strategy import HeadTask, StrategySpec
@@ -148,7 +148,10 @@ def test_environment_disables_or_allow_lists(monkeypatch):
 
 
 def _profile():
-    return profile_dataset(["a"] * 10 + ["b"] * 10, ["a", "b"], [])
+    profile = size_profile(["a"] * 10 + ["b"] * 10, ["a", "b"], [])
+    profile.feature_width = 1280
+    add_verdicts(profile)  # small; similarity not measured -> assumed similar: case 1
+    return profile
 
 
 def test_select_strategy_overrides_planner_and_user_overrides_both():

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
+
 from ..hookspecs import hookimpl
-from ..strategy import HeadTask, StrategySpec
+from ..strategy import HeadTask, ImageTask, StrategySpec
 from ..train import TrainResult, train_head
 
 
@@ -19,14 +22,105 @@ def _linear_head(task: HeadTask) -> TrainResult:
     )
 
 
+def _finetune_from(task: ImageTask, pretrained: bool, config):
+    from ..finetune import build_finetune_model, finetune
+
+    model = build_finetune_model(
+        task.backbone,
+        task.n_classes,
+        task.cut,
+        pretrained,
+        task.weights,
+        task.allow_download,
+        seed=config.seed,
+    )
+    folder = task.checkpoint_dir / ("pretrained" if pretrained else "scratch")
+    return finetune(
+        model,
+        task.train_items,
+        task.val_items,
+        task.n_classes,
+        task.backbone.preprocessing,
+        config,
+        folder,
+        task.resume,
+        task.console,
+    )
+
+
+def _best_val(result) -> float:
+    return result.history[result.best_epoch - 1]["val_acc"]
+
+
+def _finetune(task: ImageTask):
+    result = _finetune_from(task, True, task.config)
+    result.notes = [
+        f"fine-tuned from pretrained weights: best validation accuracy "
+        f"{_best_val(result):.4f} at epoch {result.best_epoch}"
+    ]
+    return result
+
+
+def _finetune_or_scratch(task: ImageTask):
+    """Case 4: fine-tune from pretrained weights; when the budget allows, also train from
+    random initialisation (head and backbone at the head's learning rate); keep the better."""
+    t0 = time.perf_counter()
+    pre = _finetune(task)
+    spent = time.perf_counter() - t0
+    if task.time_budget is not None and 2 * spent > task.time_budget:
+        pre.notes.append(
+            f"from-scratch run skipped: the pretrained run took {spent:.0f}s and a second one "
+            f"would exceed the time budget of {task.time_budget:.0f}s"
+        )
+        return pre
+    cfg = dataclasses.replace(task.config, lr_backbone=task.config.lr_head)
+    scratch = _finetune_from(task, False, cfg)
+    a, b = _best_val(pre), _best_val(scratch)
+    kept = scratch if b > a else pre
+    kept.notes = pre.notes + [
+        f"trained from random initialisation: best validation accuracy {b:.4f}",
+        f"kept the {'from-scratch' if kept is scratch else 'pretrained'} model "
+        f"({max(a, b):.4f} vs {min(a, b):.4f})",
+    ]
+    return kept
+
+
 @hookimpl
 def register_strategies(register):
-    """Register case 1: a new linear head on frozen backbone features."""
+    """Register the built-in cases 1-4."""
     register(
         StrategySpec(
             name="linear_head",
             description="freeze the backbone, train a new linear head on its pooled features",
             fit=_linear_head,
             case=1,
+        )
+    )
+    register(
+        StrategySpec(
+            name="cut_head",
+            description="cut the frozen backbone at the stage the probes pick, train a "
+            "linear head on that stage's pooled features",
+            fit=_linear_head,
+            case=2,
+        )
+    )
+    register(
+        StrategySpec(
+            name="finetune",
+            description="new head; fine-tune the whole network from pretrained weights",
+            fit=_finetune,
+            case=3,
+            kind="images",
+        )
+    )
+    register(
+        StrategySpec(
+            name="finetune_or_scratch",
+            description="new head; fine-tune from pretrained weights and from random "
+            "initialisation (budget permitting), keep what validates better",
+            fit=_finetune_or_scratch,
+            case=4,
+            kind="images",
         )
     )

@@ -23,21 +23,35 @@ from ..weights import download_allowed
 # timm model name -> stages (feature_info entries, then the final features).
 _MODELS = {
     "resnet18.a1_in1k": (
-        ("act1", 64, 2), ("layer1", 64, 4), ("layer2", 128, 8), ("layer3", 256, 16),
-        ("layer4", 512, 32), ("head", 512, 32),
+        ("act1", 64, 2),
+        ("layer1", 64, 4),
+        ("layer2", 128, 8),
+        ("layer3", 256, 16),
+        ("layer4", 512, 32),
+        ("head", 512, 32),
     ),
     "efficientnet_b0.ra_in1k": (
-        ("blocks0", 16, 2), ("blocks1", 24, 4), ("blocks2", 40, 8), ("blocks4", 112, 16),
-        ("blocks6", 320, 32), ("head", 1280, 32),
+        ("blocks0", 16, 2),
+        ("blocks1", 24, 4),
+        ("blocks2", 40, 8),
+        ("blocks4", 112, 16),
+        ("blocks6", 320, 32),
+        ("head", 1280, 32),
     ),
     "convnext_nano.in12k_ft_in1k": (
-        ("stage0", 80, 4), ("stage1", 160, 8), ("stage2", 320, 16), ("stage3", 640, 32),
+        ("stage0", 80, 4),
+        ("stage1", 160, 8),
+        ("stage2", 320, 16),
+        ("stage3", 640, 32),
         ("head", 640, 32),
     ),
     "vit_small_patch16_224.augreg_in21k_ft_in1k": (
-        ("block3", 384, 16), ("block6", 384, 16), ("block9", 384, 16), ("head", 384, 16),
+        ("block3", 384, 16),
+        ("block6", 384, 16),
+        ("block9", 384, 16),
+        ("head", 384, 16),
     ),
-}  # fmt: skip
+}
 # ViT: intermediate stages are taken after these blocks (timm feature_info indices).
 _VIT_BLOCKS = {"vit_small_patch16_224.augreg_in21k_ft_in1k": (2, 5, 8)}
 
@@ -87,7 +101,7 @@ def _hub_cached(hf_hub_id: str | None) -> Path | None:
     )
     folder = home / ("models--" + hf_hub_id.replace("/", "--")) / "snapshots"
     found = sorted(folder.glob("*/model.safetensors")) if folder.is_dir() else []
-    return found[-1] if found else None  # fmt: skip
+    return found[-1] if found else None
 
 
 def _make_spec(timm_name: str, stages: tuple) -> BackboneSpec:
@@ -96,12 +110,16 @@ def _make_spec(timm_name: str, stages: tuple) -> BackboneSpec:
     cfg = timm.models.get_pretrained_cfg(timm_name)
     name = "timm/" + timm_name
     crop = cfg.input_size[-1]
-    interpolation = cfg.interpolation if cfg.interpolation in ("bilinear", "bicubic") else (
-        "bilinear")  # fmt: skip
+    interpolation = (
+        cfg.interpolation if cfg.interpolation in ("bilinear", "bicubic") else ("bilinear")
+    )
     prep = Preprocessing(
-        crop_size=crop, resize_size=round(crop / cfg.crop_pct), interpolation=interpolation,
-        mean=tuple(cfg.mean), std=tuple(cfg.std),
-    )  # fmt: skip
+        crop_size=crop,
+        resize_size=round(crop / cfg.crop_pct),
+        interpolation=interpolation,
+        mean=tuple(cfg.mean),
+        std=tuple(cfg.std),
+    )
     is_vit = timm_name.startswith("vit_")
     indices = list(_VIT_BLOCKS.get(timm_name, range(len(stages) - 1)))
 
@@ -126,10 +144,14 @@ def _make_spec(timm_name: str, stages: tuple) -> BackboneSpec:
         return _TimmStages(model.eval(), indices, is_vit).eval()
 
     return BackboneSpec(
-        name=name, build=build, stages=tuple(Stage(*s) for s in stages), preprocessing=prep,
-        source_domain="imagenet-1k", weights_path=lambda: _hub_cached(cfg.hf_hub_id),
+        name=name,
+        build=build,
+        stages=tuple(Stage(*s) for s in stages),
+        preprocessing=prep,
+        source_domain="imagenet-1k",
+        weights_path=lambda: _hub_cached(cfg.hf_hub_id),
         description=f"timm {timm_name}",
-    )  # fmt: skip
+    )
 
 
 @hookimpl

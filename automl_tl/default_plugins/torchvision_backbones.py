@@ -169,20 +169,18 @@ def _wrap(family: str, model: nn.Module, ends: tuple[int, ...]) -> nn.Module:
 def _load_strict(model: nn.Module, path: Path, name: str) -> None:
     """Load a state dict file into `model`; any key or shape mismatch is one error line."""
     state = load_state_dict_file(path)
-    fix = f"pass a state dict of torchvision's {name}"
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # shape mismatches are raised even when strict=False
-        n = str(e).count("size mismatch")
-        raise BackboneError(
-            f"weights file '{path}' does not match {name} ({n} tensors of the wrong shape); {fix}"
-        ) from None
-    if missing or unexpected:
-        example = (missing or unexpected)[0]
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and tuple(getattr(state[k], "shape", ())) != own[k].shape]
+    if missing or unexpected or wrong:
+        example = (wrong or missing or unexpected)[0]
         raise BackboneError(
             f"weights file '{path}' does not match {name} ({len(missing)} missing, "
-            f"{len(unexpected)} unexpected keys, e.g. '{example}'); {fix}"
+            f"{len(unexpected)} unexpected keys, {len(wrong)} of the wrong shape, "
+            f"e.g. '{example}'); pass a state dict of torchvision's {name}"
         )
+    model.load_state_dict(state, strict=True)
 
 
 def _preprocessing(weights) -> Preprocessing:
