@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import platform
 import time
@@ -16,6 +17,7 @@ from .analysis import Analysis, analyse, cut_features
 from .backbone import FeatureExtractor, file_sha256
 from .console import Console
 from .data import audit, scan, split
+from .distributed import init_distributed
 from .embed import iter_batches
 from .errors import AutoTLError, NotFittedError
 from .evaluate import classification_metrics
@@ -108,7 +110,10 @@ class AutoTransfer(BaseEstimator):
     def fit(self, data: str | os.PathLike) -> AutoTransfer:
         """Scan, audit, split, analyse, plan, train, evaluate, export; returns self."""
         t0 = time.perf_counter()
-        console = Console(quiet=self.quiet)
+        rank, size = init_distributed()  # (0, 1) unless launched by torchrun
+        if size > 1 and self.out is None:
+            raise AutoTLError("under torchrun pass --out DIR so every process uses one run folder")
+        console = Console(quiet=self.quiet) if rank == 0 else Console(True, io.StringIO())
         plugins = get_plugins()
         spec = plugins.backbone(self.backbone)
         run = RunFolder(self.out if self.out is not None else default_run_dir(data))
@@ -131,6 +136,9 @@ class AutoTransfer(BaseEstimator):
         self.history_ = result.history
         self.metrics_ = self._metrics(result, preds, parts, time.perf_counter() - t0)
         self.onnx_path_ = run.file("model.onnx")
+        if rank != 0:  # under torchrun, rank 0 alone exports and writes the run folder
+            self.export_check_ = {}
+            return self
         self.export_check_ = self._export(self.onnx_path_, [s.path for s in val[:16]])
         self.metrics_["export_check"] = self.export_check_
         for name, obj in (

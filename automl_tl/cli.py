@@ -109,6 +109,10 @@ def _run_fit(data, as_json, quiet, **options):
     from .api import AutoTransfer
 
     model = AutoTransfer(quiet=quiet or as_json, **options).fit(data)
+    from .distributed import world
+
+    if world()[0] != 0:  # under torchrun only rank 0 reports
+        return
     val = model.metrics_["validation"]
     summary = {
         "run_dir": str(model.run_dir_),

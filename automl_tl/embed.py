@@ -13,6 +13,7 @@ import torch
 
 from .backbone import FeatureExtractor
 from .console import Console
+from .distributed import gather_rows, world
 from .preprocess import Preprocessing, batch_to_float, load_for_model
 
 __all__ = ["iter_batches", "embed", "pick_device"]
@@ -48,8 +49,16 @@ def embed(
     batch_size: int = 32,
     console: Console | None = None,
 ) -> list[np.ndarray]:
-    """Pooled features of every stage up to the extractor's cut, one (N, width) array per stage."""
+    """Pooled features of every stage up to the extractor's cut, one (N, width) array per stage.
+
+    Under torch.distributed each process embeds `paths[rank::world]` and every process
+    receives all rows, in order.
+    """
     console = console or Console(quiet=True)
+    rank, size = world()
+    if len(paths) < size:  # too few to shard: every process embeds everything
+        rank, size = 0, 1
+    total, paths = len(paths), list(paths)[rank::size]
     device = pick_device()
     extractor = extractor.eval().to(device, memory_format=torch.channels_last)
     outputs: list[list[np.ndarray]] = []
@@ -62,4 +71,9 @@ def embed(
             for store, f in zip(outputs, feats, strict=True):
                 store.append(f.float().cpu().numpy())
             bar.update(len(batch))
+    if size > 1:
+        local = np.concatenate([np.concatenate(store) for store in outputs], axis=1)
+        split_at = np.cumsum([store[0].shape[1] for store in outputs])[:-1]
+        full = gather_rows(torch.from_numpy(local).to(device), total).cpu().numpy()
+        return np.split(full, split_at, axis=1)
     return [np.concatenate(store) for store in outputs]

@@ -33,6 +33,8 @@ from torchvision.transforms import v2
 
 from .backbone import BackboneSpec, FeatureExtractor
 from .console import Console
+from .distributed import init_distributed
+from .distributed import world as _world
 from .embed import iter_batches, pick_device
 from .errors import AutoTLError, DataError
 from .export import ExportModel
@@ -229,28 +231,6 @@ def build_finetune_model(
 
 
 # ------------------------------------------------------------------------------- distributed
-def init_distributed() -> tuple[int, int]:
-    """Join the process group torchrun describes (gloo on CPU, NCCL on GPU); (rank, world size).
-
-    Returns (0, 1) when not launched by torchrun; a group that is already initialised is used.
-    """
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    if not dist.is_available() or "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return 0, 1
-    cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group("nccl" if cuda else "gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _device(world: int) -> torch.device:
     if world > 1 and torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
