@@ -1,3 +1,3 @@
-from automl_tl.cli import main
+from automl_tl.cli import run
 
-main()
+run()

@@ -182,8 +182,14 @@ class AutoTransfer(BaseEstimator):
         )
         result = strategy.fit(task)
         self.model_ = ExportModel(extractor, result.head).eval()
-        with torch.no_grad():
-            pred = result.head.eval()(torch.from_numpy(feats)).argmax(1).numpy()
+        head = result.head.eval()
+        with torch.no_grad():  # in chunks: a head may build (rows x training set) matrices
+            pred = np.concatenate(
+                [
+                    head(torch.from_numpy(c)).argmax(1).numpy()
+                    for c in np.array_split(feats, max(1, len(feats) // 4096))
+                ]
+            )
         return result, (pred[:n_tr], pred[n_tr : n_tr + n_va], pred[n_tr + n_va :])
 
     def _fit_images(self, strategy, parts, run, console):

@@ -11,7 +11,7 @@ import click
 from . import __version__
 from .errors import AutoTLError
 
-__all__ = ["main"]
+__all__ = ["main", "run"]
 
 
 def _clean_errors(func):
@@ -49,7 +49,7 @@ class _PluginGroup(click.Group):
             self._loaded = True
             from .plugins import get_plugins
 
-            get_plugins().manager.hook.register_commands(cli=self)
+            get_plugins().add_commands(self)
 
     def get_command(self, ctx, cmd_name):
         if cmd_name not in self.commands:
@@ -359,5 +359,14 @@ def strategies_command(as_json):
     _emit(rows, ["name", "case", "plugin", "description"], as_json, ps.failures)
 
 
+def run() -> None:
+    """Console-script entry point: plugin commands get the same one-line errors too."""
+    try:
+        main()
+    except AutoTLError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    run()

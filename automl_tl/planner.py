@@ -174,11 +174,12 @@ def _expected(profile: DatasetProfile, cut: str, case: int) -> dict:
     }
 
 
-def _pick_strategy(plugins, profile, case: int, strategy: str | None, why_case: str):
-    """(StrategySpec, reason): --strategy wins, then a select_strategy hook, then the case."""
+def _pick_strategy(plugins, profile, case: int, strategy: str | None, why_case: str, forced: bool):
+    """(StrategySpec, reason): --strategy wins, then --case, then a select_strategy hook,
+    then the planner's case."""
     if strategy:
         return plugins.strategy(strategy), f"strategy '{strategy}' requested by the user"
-    picked = plugins.select_strategy(profile)
+    picked = None if forced else plugins.select_strategy(profile)
     if picked:
         plugin, name = picked
         return plugins.strategy(name), f"plugin {plugin} selected strategy '{name}'"
@@ -224,7 +225,9 @@ def make_plan(
             f"use one of {', '.join(map(str, IMPLEMENTED))}"
         )
     chosen, case_reasons = _case(profile, case, time_budget, finetune_seconds)
-    spec, why = _pick_strategy(plugins, profile, chosen, strategy, case_reasons[-1])
+    spec, why = _pick_strategy(
+        plugins, profile, chosen, strategy, case_reasons[-1], forced=case is not None
+    )
     chosen = spec.case or chosen
     reasons = [
         f"data: {profile.images} usable images in {profile.classes} classes "

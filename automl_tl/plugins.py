@@ -88,10 +88,22 @@ class PluginSet:
         """First non-None answer of the select_strategy hooks (pluggy's order: last
         registered first), as (plugin name, strategy name)."""
         for impl in reversed(self.manager.hook.select_strategy.get_hookimpls()):
-            answer = impl.function(profile=profile)
+            try:
+                answer = impl.function(profile=profile)
+            except Exception as e:  # a broken hook is reported, the planner carries on
+                self.failures[impl.plugin_name] = f"select_strategy: {type(e).__name__}: {e}"
+                continue
             if answer is not None:
                 return impl.plugin_name, answer
         return None
+
+    def add_commands(self, cli) -> None:
+        """Let every plugin add its click commands; a failing plugin is recorded."""
+        for impl in self.manager.hook.register_commands.get_hookimpls():
+            try:
+                impl.function(cli=cli)
+            except Exception as e:
+                self.failures[impl.plugin_name] = f"register_commands: {type(e).__name__}: {e}"
 
     def hooks_of(self, plugin_name: str) -> list[str]:
         plugin = self.manager.get_plugin(plugin_name)
@@ -122,6 +134,11 @@ def _load(manager: pluggy.PluginManager, failures: dict, versions: dict, extra: 
                 failures[name] = f"{type(e).__name__}: {e}"
     for ep in metadata.entry_points(group=PROJECT):
         if manager.get_plugin(ep.name) is not None or _name_taken(manager, ep.name):
+            if ep.name in BUILTIN_PLUGINS and ep.value != BUILTIN_PLUGINS[ep.name]:
+                failures[ep.name] = (
+                    f"entry point {ep.name} = {ep.value} is skipped: a built-in plugin has "
+                    "that name; rename the entry point"
+                )
             continue
         if not _wanted(ep.name):
             continue
