@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import onnx
 import pytest
+import torch
+import torchvision
 from PIL import Image
 
 from automl_tl.demo import write_digits
@@ -119,3 +123,25 @@ def test_predict_errors(cli_run, tmp_path):
     _, out, _ = cli_run
     assert_one_line_error(run("predict", tmp_path / "none.onnx", tmp_path), "not found")
     assert_one_line_error(run("predict", out / "model.onnx", tmp_path / "x.png"), "does not exist")
+
+
+def test_fit_with_a_torchvision_backbone_from_a_local_weight_file(tmp_path):
+    weights = tmp_path / "resnet18.pth"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), weights)  # a user's local file
+    data = write_digits(tmp_path / "d", per_class=6, digits=(0, 1))
+    res = run("fit", data, "--backbone", "resnet18", "--weights", weights, "--case", "1",
+              "--out", tmp_path / "r", "--json", "-q")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["backbone"] == "resnet18" and summary["export_check"]["passed"]
+    meta = {p.key: p.value for p in onnx.load(summary["model"]).metadata_props}
+    prov = json.loads(meta["automl_tl.provenance"])
+    assert prov["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+
+
+def test_missing_torchvision_weights_offline_is_one_line(tmp_path, monkeypatch):
+    data = write_digits(tmp_path / "d", per_class=3, digits=(0, 1))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    res = run("fit", data, "--backbone", "resnet18", "--out", tmp_path / "r", "-q")
+    assert_one_line_error(res, "no weights for resnet18", "--weights")
