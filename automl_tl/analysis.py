@@ -43,11 +43,18 @@ def stratified_subset(samples: list[Sample], limit: int, seed: int = 0) -> list[
     by_label: dict[str, list[Sample]] = {}
     for s in samples:
         by_label.setdefault(s.label, []).append(s)
+    labels = sorted(by_label)
+    # Largest-remainder allocation of `limit`, at least one per class.
+    quota = {c: limit * len(by_label[c]) / len(samples) for c in labels}
+    count = {c: max(1, int(quota[c])) for c in labels}
+    for c in sorted(labels, key=lambda c: quota[c] - int(quota[c]), reverse=True):
+        if sum(count.values()) >= limit:
+            break
+        count[c] = min(len(by_label[c]), count[c] + 1)
     keep = []
-    for label in sorted(by_label):
-        group = by_label[label]
-        n = max(1, round(limit * len(group) / len(samples)))
-        keep += [group[i] for i in sorted(rng.choice(len(group), min(n, len(group)), False))]
+    for c in labels:
+        group = by_label[c]
+        keep += [group[i] for i in sorted(rng.choice(len(group), count[c], replace=False))]
     return keep
 
 

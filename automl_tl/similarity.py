@@ -232,9 +232,13 @@ class BNDriftRecorder:
                 per_layer.append(np.nan)
                 continue
             _, mean, var = acc
+            live = (layer.running_var > layer.eps).numpy()  # dead channels carry no statistics
+            if not live.any():
+                per_layer.append(np.nan)
+                continue
             rv = layer.running_var.double() + layer.eps
-            m = ((mean - layer.running_mean.double()) / rv.sqrt()).numpy()
-            v = np.maximum((var / rv).numpy(), 1e-12)
+            m = ((mean - layer.running_mean.double()) / rv.sqrt()).numpy()[live]
+            v = np.maximum((var / rv).numpy()[live], 1e-12)
             per_layer.append(float(np.mean(0.5 * (v + m * m - 1 - np.log(v)))))
         out, start = {}, 0
         for name, end in zip(self.stage_names, self.boundaries, strict=True):

@@ -1,0 +1,228 @@
+"""The four cases end to end on small real subsets (forced with case=N, short budgets), the
+decision log in plan.json / metrics.json, and resuming a killed fine-tuning run."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from automl_tl import AutoTransfer
+from automl_tl.embed import iter_batches
+from automl_tl.export import check_parity
+from automl_tl.finetune import CHECKPOINT_NAME, load_checkpoint
+from tests.conftest import shared_dataset
+from tests.test_cli import CLI
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def make_subset(src: Path, dst: Path, classes, n_train: int, n_val: int) -> Path:
+    """dst/{train,val}/<class>/ with symlinks to the first images of src/train/<class>."""
+    for c in classes:
+        files = _files(src / "train" / c)
+        for split, chunk in (("train", files[:n_train]), ("val", files[n_train : n_train + n_val])):
+            folder = dst / split / c
+            folder.mkdir(parents=True, exist_ok=True)
+            for f in chunk:
+                (folder / f.name).symlink_to(f)
+    return dst
+
+
+def unused_images(src: Path, classes, skip: int, n: int) -> list[Path]:
+    """Images of src/train/<class> that no subset above uses (from index `skip` on)."""
+    return [f for c in classes for f in _files(src / "train" / c)[skip : skip + n]]
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text())
+
+
+def parity_on(model: AutoTransfer, paths: list[Path]) -> dict:
+    batch = next(iter_batches(paths, model.spec_.preprocessing, len(paths)))
+    return check_parity(model.model_, model.onnx_path_, batch)
+
+
+def onnx_ops(path: Path) -> list[str]:
+    return [n.op_type for n in onnx.load(str(path)).graph.node]
+
+
+# ------------------------------------------------------------------ cases 1 and 2 (frozen)
+@pytest.fixture(scope="module")
+def case1(tmp_path_factory):
+    src = shared_dataset("hymenoptera_data")
+    data = make_subset(src, tmp_path_factory.mktemp("hy"), ["ants", "bees"], 12, 6)
+    out = tmp_path_factory.mktemp("case1")
+    model = AutoTransfer(case=1, max_analysis_images=24, epochs=60, out=out, quiet=True)
+    return src, model.fit(data)
+
+
+@pytest.fixture(scope="module")
+def case2(tmp_path_factory):
+    src = shared_dataset("mnist")
+    data = make_subset(src, tmp_path_factory.mktemp("mn"), ["0", "1", "7"], 12, 6)
+    out = tmp_path_factory.mktemp("case2")
+    model = AutoTransfer(case=2, max_analysis_images=30, epochs=60, out=out, quiet=True)
+    return src, model.fit(data)
+
+
+def test_case1_freezes_the_whole_backbone(case1):
+    src, model = case1
+    plan = read_json(model.run_dir_ / "plan.json")
+    assert model.plan_.case == plan["case"] == 1 and plan["strategy"] == "linear_head"
+    assert plan["cut"] == "head"
+    assert "case 1 requested by the user (--case)" in "\n".join(plan["reasons"])
+    assert model.export_check_["passed"] and model.export_check_["n_images"] == 12
+    check = parity_on(model, unused_images(src, ["ants", "bees"], 30, 4))
+    assert check["passed"] and check["n_images"] == 8
+    assert model.metrics_["validation"]["accuracy"] >= 0.75  # ants vs bees, frozen ImageNet
+
+
+def test_case2_cuts_the_backbone_at_the_planned_stage(case1, case2):
+    src, model = case2
+    spec = model.spec_
+    plan = read_json(model.run_dir_ / "plan.json")
+    assert model.plan_.case == plan["case"] == 2 and plan["strategy"] == "cut_head"
+    cut = plan["cut"]
+    assert cut == model.plan_.cut and cut != spec.stages[-1].name
+    assert f"cut point: '{cut}'" in "\n".join(plan["reasons"])
+    assert model.model_.extractor.cut == spec.stage_index(cut)
+    width = spec.stages[spec.stage_index(cut)].width
+    assert model.model_.head.fc.in_features == width
+    proto = onnx.load(str(model.onnx_path_))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["automl_tl.provenance"])["cut"] == cut
+    # the exported graph really is truncated: fewer convolutions than the full backbone
+    ops_full, ops_cut = onnx_ops(case1[1].onnx_path_), onnx_ops(model.onnx_path_)
+    assert ops_cut.count("Conv") < ops_full.count("Conv") and len(ops_cut) < len(ops_full)
+    assert model.export_check_["passed"]
+    check = parity_on(model, unused_images(src, ["0", "1", "7"], 100, 3))
+    assert check["passed"] and check["n_images"] == 9
+    probe = plan["profile"]["probes"][cut]
+    band = plan["expected_accuracy"]
+    assert band["probe_accuracy"] == round(probe, 4) and band["low"] <= probe <= band["high"]
+
+
+# ------------------------------------------------------------ cases 3 and 4 (fine-tuning)
+@pytest.fixture(scope="module")
+def hy_small(tmp_path_factory):
+    src = shared_dataset("hymenoptera_data")
+    return make_subset(src, tmp_path_factory.mktemp("hyft"), ["ants", "bees"], 6, 3)
+
+
+@pytest.fixture(scope="module")
+def mn_small(tmp_path_factory):
+    src = shared_dataset("mnist")
+    return make_subset(src, tmp_path_factory.mktemp("mnft"), ["3", "8"], 6, 3)
+
+
+def _finetuned(case: int, data: Path, out: Path, **kw) -> AutoTransfer:
+    model = AutoTransfer(case=case, finetune_epochs=1, max_analysis_images=16, out=out, **kw)
+    return model.fit(data)
+
+
+@pytest.fixture(scope="module")
+def case3(hy_small, tmp_path_factory):
+    return _finetuned(3, hy_small, tmp_path_factory.mktemp("case3"))
+
+
+@pytest.mark.slow
+def test_case3_finetunes_from_pretrained_weights(case3):
+    model = case3
+    plan = read_json(model.run_dir_ / "plan.json")
+    metrics = read_json(model.run_dir_ / "metrics.json")
+    assert plan["case"] == 3 and plan["strategy"] == "finetune" and plan["cut"] == "head"
+    ck = model.run_dir_ / "checkpoints" / "pretrained" / CHECKPOINT_NAME
+    assert ck.is_file() and load_checkpoint(ck)["epoch"] == 1
+    assert not (model.run_dir_ / "checkpoints" / "scratch").exists()
+    assert metrics["epochs_run"] == 1 and metrics["best_epoch"] == 1
+    assert metrics["notes"] and "fine-tuned from pretrained weights" in metrics["notes"][0]
+    assert metrics["export_check"]["passed"] and model.export_check_["passed"]
+    assert (model.run_dir_ / "model.onnx").is_file()
+
+
+@pytest.mark.slow
+def test_plan_and_metrics_keep_the_decision_log(case3):
+    run = case3.run_dir_
+    plan, metrics = read_json(run / "plan.json"), read_json(run / "metrics.json")
+    band = plan["expected_accuracy"]
+    assert {"low", "high", "probe_accuracy", "basis"} <= set(band)
+    assert band["low"] <= band["probe_accuracy"] <= band["high"] == 1.0  # fine-tuning case
+    assert plan["reasons"] and plan["case_description"].startswith("large + similar")
+    got = metrics["expected_accuracy"]
+    assert got["achieved"] == metrics["validation"]["accuracy"]
+    assert got["within"] == (band["low"] <= got["achieved"] <= band["high"])
+    assert {k: got[k] for k in band} == band
+
+
+@pytest.mark.slow
+def test_case4_with_budget_trains_both_and_keeps_the_better(mn_small, tmp_path):
+    model = _finetuned(4, mn_small, tmp_path / "run", time_budget=3600)
+    metrics = read_json(model.run_dir_ / "metrics.json")
+    assert model.plan_.case == 4 and model.plan_.strategy == "finetune_or_scratch"
+    folders = {
+        kind: model.run_dir_ / "checkpoints" / kind / CHECKPOINT_NAME
+        for kind in ("pretrained", "scratch")
+    }
+    assert all(p.is_file() for p in folders.values())
+    best = {k: max(h["val_acc"] for h in load_checkpoint(p)["history"]) for k, p in folders.items()}
+    notes = "\n".join(metrics["notes"])
+    assert "trained from random initialisation" in notes
+    kept = "from-scratch" if best["scratch"] > best["pretrained"] else "pretrained"
+    assert f"kept the {kept} model" in notes, (best, notes)
+    assert metrics["export_check"]["passed"]
+
+
+@pytest.mark.slow
+def test_case4_with_tiny_budget_skips_the_scratch_run(mn_small, tmp_path):
+    model = _finetuned(4, mn_small, tmp_path / "run", time_budget=1)
+    metrics = read_json(model.run_dir_ / "metrics.json")
+    assert model.plan_.case == 4  # a forced case is never demoted
+    assert (model.run_dir_ / "checkpoints" / "pretrained" / CHECKPOINT_NAME).is_file()
+    assert not (model.run_dir_ / "checkpoints" / "scratch").exists()
+    notes = "\n".join(metrics["notes"])
+    assert "from-scratch run skipped" in notes and "time budget of 1s" in notes
+    assert metrics["export_check"]["passed"]
+
+
+# ------------------------------------------------------------------------ resume after kill
+@pytest.mark.slow
+def test_killed_finetuning_resumes_from_its_checkpoint(hy_small, tmp_path):
+    run_dir = tmp_path / "run"
+    ck = run_dir / "checkpoints" / "pretrained" / CHECKPOINT_NAME
+    args = [CLI, "fit", str(hy_small), "--case", "3", "--finetune-epochs", "3"]
+    args += ["--out", str(run_dir)]
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 900
+        while not ck.exists():
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()
+            assert time.monotonic() < deadline, "no checkpoint after 900 s"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(60) == -signal.SIGKILL
+    saved = load_checkpoint(ck)
+    done = saved["epoch"]
+    assert 1 <= done < 3 and not (run_dir / "metrics.json").exists()
+
+    res = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr
+    assert f"resuming fine-tuning after epoch {done}" in res.stderr
+    metrics = read_json(run_dir / "metrics.json")
+    history = metrics["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3] and metrics["epochs_run"] == 3
+    # the epochs run before the kill are carried over as recorded (timings included)
+    assert history[:done] == json.loads(json.dumps(saved["history"]))
+    assert load_checkpoint(ck)["epoch"] == 3
+    assert metrics["export_check"]["passed"] and (run_dir / "model.onnx").is_file()
+    assert np.isfinite([h["val_loss"] for h in history]).all()
