@@ -18,6 +18,7 @@ from .similarity import (
     SourceBank,
     classifier_bank,
     classifier_scores,
+    classifier_space,
     nn_similarity,
 )
 
@@ -87,7 +88,10 @@ def analyse(
     if bank is None and getattr(net, "classifier", None) is not None:
         bank = classifier_bank(spec.name, net.classifier)
     if bank is not None:
-        profile.similarity = nn_similarity(bank, feats[-1])
+        space = feats[-1]
+        if bank.kind == "classifier":  # class vectors live in the last linear layer's input
+            space = classifier_space(net.classifier, feats[-1])
+        profile.similarity = nn_similarity(bank, space)
     if getattr(net, "classifier", None) is not None:
         profile.source_classifier = classifier_scores(net.classifier, feats[-1])
     y = np.array([classes.index(s.label) for s in sample])

@@ -34,6 +34,7 @@ from .errors import AutoTLError
 __all__ = [
     "SourceBank",
     "classifier_bank",
+    "classifier_space",
     "image_bank",
     "nn_similarity",
     "conformal_pvalues",
@@ -128,6 +129,22 @@ def classifier_bank(backbone: str, classifier: nn.Module) -> SourceBank:
     return SourceBank.from_vectors(
         backbone, "classifier", weights, f"{len(weights)} class vectors of the source classifier"
     )
+
+
+def classifier_space(classifier: nn.Module, feats: np.ndarray) -> np.ndarray:
+    """The input of the classifier's last linear layer for these pooled features: the space
+    its class vectors live in (the features themselves for a plain linear classifier, after
+    e.g. a LayerNorm or a hidden layer otherwise)."""
+    last = [m for m in classifier.modules() if isinstance(m, nn.Linear)][-1]
+    captured: list[torch.Tensor] = []
+    handle = last.register_forward_hook(lambda m, inp, out: captured.append(inp[0].detach()))
+    try:
+        with torch.inference_mode():
+            for chunk in np.array_split(np.asarray(feats, np.float32), max(1, len(feats) // 1024)):
+                classifier.eval()(torch.from_numpy(chunk))
+    finally:
+        handle.remove()
+    return torch.cat(captured).reshape(len(feats), -1).float().numpy()
 
 
 def image_bank(backbone: str, feats: np.ndarray, folder: str) -> SourceBank:

@@ -500,3 +500,18 @@ def test_bank_of_another_backbone_is_refused(digits, tmp_path):
         "built for backbone resnet18, not efficientnet_lite0",
         "--backbone efficientnet_lite0",
     )
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_large", "convnext_tiny"])
+def test_classifier_bank_space_for_non_linear_source_classifiers(name):
+    """MobileNetV3's classifier has a hidden layer and ConvNeXt's a LayerNorm: the class
+    vectors are compared with the last linear layer's input, not the pooled features."""
+    from automl_tl.similarity import classifier_bank, classifier_space, nn_similarity
+
+    spec = get_plugins().backbone(name)
+    net = spec.build(pretrained=False)
+    feats = np.random.default_rng(0).random((6, spec.stages[-1].width)).astype(np.float32)
+    space = classifier_space(net.classifier, feats)
+    bank = classifier_bank(name, net.classifier)
+    assert space.shape == (6, bank.vectors.shape[1])
+    assert 0.0 <= nn_similarity(bank, space)["median_pvalue"] <= 1.0

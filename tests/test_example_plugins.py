@@ -10,10 +10,13 @@ select_strategy hook must stay inert unless AUTOML_TL_KNN_AUTO=1.
 from __future__ import annotations
 
 import fcntl
+import importlib
 import json
 import os
+import site
 import subprocess
 import sys
+import sysconfig
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
@@ -75,6 +78,11 @@ def example_plugins() -> dict[str, str]:
             cmd += ["--no-build-isolation", *(a for p in stale for a in ("-e", p))]
             res = subprocess.run(cmd, capture_output=True, text=True)
             assert res.returncode == 0, res.stdout + res.stderr
+            # This process started before the install: run the new .pth hooks of the
+            # editable installs so their entry points are importable here too (other
+            # tests load plugins in-process and expect no load failures).
+            site.addsitedir(sysconfig.get_paths()["purelib"])
+            importlib.invalidate_caches()
     return {d: metadata.version(d) for d in PACKAGES}
 
 
