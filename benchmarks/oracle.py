@@ -211,8 +211,8 @@ def main() -> int:
                 continue
             rows[c], _ = run_case(data, c, args, tmp / "runs")
             if c == auto:
-                same = abs(rows[c]["val_acc"] - row["val_acc"]) < 1e-9
-                print(f"case {c} forced vs auto: identical validation accuracy: {same}")
+                same = all(rows[c][k] == row[k] for k in ("val_acc", "test_acc", "best_epoch"))
+                print(f"case {c} forced vs auto: identical accuracies and best epoch: {same}")
             print(f"case {c}: val {rows[c]['val_acc']:.3f} in {rows[c]['wall']:.0f}s", flush=True)
         md = "\n\n".join(
             [
@@ -223,7 +223,11 @@ def main() -> int:
                 table(rows, auto),
                 "\n".join(f"- {line}" for line in regret_lines(rows, auto)),
                 f"total wall time {time.perf_counter() - t_all:.0f}s "
-                f"(the auto run is reused as its case's row)",
+                + (
+                    f"(case {auto} was also run forced; its row is the forced run)"
+                    if args.no_reuse
+                    else "(the auto run is reused as its case's row)"
+                ),
             ]
         )
         print(md)
