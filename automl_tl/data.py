@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .console import Console
 from .errors import DataError
+from .memo import Memo
 from .preprocess import DEFAULT_MAX_PIXELS, load_rgb
 
 __all__ = ["Sample", "Manifest", "AuditReport", "scan", "audit", "split"]
@@ -173,22 +174,47 @@ def _digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _check_file(sample: Sample, max_pixels: int) -> tuple[Sample, str | None, str | None]:
-    """Returns (sample with digest, problem or None, original mode when converted)."""
+def _hash_file(sample: Sample) -> tuple[Sample, str | None]:
+    """(sample with digest, problem or None): the cheap half of the check, reading bytes only."""
     try:
         if sample.path.stat().st_size == 0:
-            return sample, "empty file (0 bytes)", None
-        digest = _digest(sample.path)
-        with Image.open(sample.path) as img:
+            return sample, "empty file (0 bytes)"
+        return replace(sample, digest=_digest(sample.path)), None
+    except OSError as e:
+        return sample, f"unreadable file: {e.strerror or e}"
+
+
+def _decode_check(path: Path, max_pixels: int) -> dict:
+    """The verdict on one file's content: {"problem": str | None, "mode": original mode}."""
+    try:
+        with Image.open(path) as img:
             mode = img.mode
-        load_rgb(sample.path, draft_size=256, max_pixels=max_pixels)
+        load_rgb(path, draft_size=256, max_pixels=max_pixels)
     except UnidentifiedImageError:
-        return sample, "not an image Pillow can read", None
+        return {"problem": "not an image Pillow can read", "mode": None}
     except Image.DecompressionBombError as e:
-        return sample, f"too large (decompression bomb guard): {e}", None
+        return {"problem": f"too large (decompression bomb guard): {e}", "mode": None}
     except (OSError, ValueError, SyntaxError) as e:
-        return sample, f"unreadable or truncated image: {e}", None
-    return replace(sample, digest=digest), None, (mode if mode != "RGB" else None)
+        return {"problem": f"unreadable or truncated image: {e}", "mode": None}
+    return {"problem": None, "mode": mode}
+
+
+def _verdicts(samples: list[Sample], max_pixels: int, pool, bar, memo) -> list[dict]:
+    """Decode verdicts in `samples` order: remembered ones from `memo` (keyed by content
+    digest), the others decoded now and remembered."""
+    namespace = f"audit-v1-{max_pixels}"
+    known = memo.get_many(namespace, [s.digest for s in samples]) if memo is not None else {}
+    todo = [s for s in samples if s.digest not in known]
+    bar.update(len(samples) - len(todo))
+    fresh = {}
+    for s, verdict in zip(
+        todo, pool.map(lambda s: _decode_check(s.path, max_pixels), todo), strict=True
+    ):
+        fresh[s.digest] = verdict
+        bar.update()
+    if memo is not None:
+        memo.put_many(namespace, fresh)
+    return [known.get(s.digest) or fresh[s.digest] for s in samples]
 
 
 def _drop_duplicates(samples: list[Sample]) -> tuple[list[Sample], list[tuple[str, str]]]:
@@ -214,24 +240,38 @@ def audit(
     strict: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     workers: int | None = None,
+    memo: Memo | None = None,
 ) -> AuditReport:
-    """Open every file once; list and leave out what is unusable; stop if < 2 classes remain."""
+    """Open every file once; list and leave out what is unusable; stop if < 2 classes remain.
+
+    With a `memo`, files whose content (digest) was checked by an earlier run are not decoded
+    again: their verdict is remembered.
+    """
     console = console or Console(quiet=True)
     problems = list(manifest.problems)
     good, conversions = [], Counter()
     workers = workers or min(8, (os.cpu_count() or 1) + 1)
     with console.progress("audit", len(manifest.samples)) as bar:
         with ThreadPoolExecutor(workers) as pool:
-            for sample, problem, mode in pool.map(
-                lambda s: _check_file(s, max_pixels), manifest.samples
-            ):
-                bar.update()
+            hashed = []
+            for sample, problem in pool.map(_hash_file, manifest.samples):
                 if problem:
                     problems.append((str(sample.path), problem))
+                    bar.update()
+                else:
+                    hashed.append(sample)
+            for sample, verdict in zip(
+                hashed, _verdicts(hashed, max_pixels, pool, bar, memo), strict=True
+            ):
+                if verdict["problem"]:
+                    problems.append((str(sample.path), verdict["problem"]))
                 else:
                     good.append(sample)
-                    if mode:
-                        conversions[f"{mode}->RGB"] += 1
+                    if verdict["mode"] and verdict["mode"] != "RGB":
+                        conversions[f"{verdict['mode']}->RGB"] += 1
+    order = {str(s.path): i for i, s in enumerate(manifest.samples)}
+    first = len(manifest.problems)  # keep per-file problems in scan order
+    problems[first:] = sorted(problems[first:], key=lambda p: order.get(p[0], -1))
     good, dup_problems = _drop_duplicates(good)
     problems += dup_problems
     if strict and problems:

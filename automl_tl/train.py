@@ -9,9 +9,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import ops
 from .console import Console
 
-__all__ = ["LinearHead", "HeadConfig", "TrainResult", "train_head"]
+__all__ = ["LinearHead", "HeadConfig", "TrainResult", "train_head", "head_batch_size"]
 
 
 class LinearHead(nn.Module):
@@ -36,7 +37,7 @@ class HeadConfig:
     patience: int = 15
     lr: float = 1e-3
     weight_decay: float = 1e-2
-    batch_size: int = 64
+    batch_size: int | None = 64  # None: chosen from the training-set size
     dropout: float = 0.2
     seed: int = 0
 
@@ -60,48 +61,91 @@ def _evaluate(head: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn) -> tup
         return float(loss_fn(logits, y)), float((logits.argmax(1) == y).float().mean())
 
 
+def _as_rows(x) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(values, per-row scales or None) of a float array or of stored (quantised) rows."""
+    if hasattr(x, "values") and hasattr(x, "scales"):
+        return x.values, x.scales
+    return torch.as_tensor(np.asarray(x, dtype=np.float32)), None
+
+
+def _dequantize_all(values: torch.Tensor, scales: torch.Tensor | None, chunk: int = 8192):
+    """Every row as float32, gathered in chunks through the compiled op."""
+    n = values.shape[0]
+    parts = [
+        ops.gather_dequantize(values, scales, torch.arange(i, min(i + chunk, n)))
+        for i in range(0, n, chunk)
+    ]
+    return torch.cat(parts) if parts else torch.zeros(0, values.shape[1])
+
+
+def _feature_scale(values, scales, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and floored standard deviation of the training rows."""
+    x = _dequantize_all(values, scales, chunk).double()
+    mean, sd = x.mean(0), x.std(0)
+    # Floor the scale so near-constant features (dead activations) are not blown up into
+    # noise that amplifies rounding differences between runtimes.
+    sd = sd.clamp(min=0.05 * float(sd.mean()) + 1e-8)
+    return mean.float().numpy(), sd.float().numpy()
+
+
+def head_batch_size(config: HeadConfig, n_train: int) -> int:
+    """The configured batch size, or with `batch_size=None` one that keeps about 32 steps
+    per epoch (64 to 1024 rows): small sets get many small steps, large ones fewer big ones."""
+    if config.batch_size:
+        return config.batch_size
+    return int(min(1024, max(64, 2 ** round(np.log2(max(n_train, 1) / 32)))))
+
+
 def train_head(
-    x_train: np.ndarray,
+    x_train,
     y_train: np.ndarray,
-    x_val: np.ndarray,
+    x_val,
     y_val: np.ndarray,
     n_classes: int,
     config: HeadConfig = HeadConfig(),
     console: Console | None = None,
 ) -> TrainResult:
     """Train a LinearHead with AdamW and class-balanced loss; keep the epoch with the best
-    validation accuracy (ties: lower validation loss); stop after `patience` epochs without gain."""
+    validation accuracy (ties: lower validation loss); stop after `patience` epochs without gain.
+
+    `x_train` / `x_val` are float arrays or stored rows (`.values` float16/int8/float32 and
+    `.scales`, as the feature cache returns them); every training batch is gathered and
+    dequantised by `automl_tl.ops.gather_dequantize`.
+    """
     console = console or Console(quiet=True)
     gen = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
-    xt, yt = torch.as_tensor(x_train, dtype=torch.float32), torch.as_tensor(y_train).long()
-    xv, yv = torch.as_tensor(x_val, dtype=torch.float32), torch.as_tensor(y_val).long()
-    mean = xt.mean(0).numpy()
-    # Floor the scale so near-constant features (dead activations) are not blown up into
-    # noise that amplifies rounding differences between runtimes.
-    sd = xt.std(0)
-    std = sd.clamp(min=0.05 * float(sd.mean()) + 1e-8).numpy()
-    head = LinearHead(mean, std, n_classes, config.dropout)
+    values, scales = _as_rows(x_train)
+    yt = torch.as_tensor(np.asarray(y_train)).long()
+    xv = _dequantize_all(*_as_rows(x_val))
+    yv = torch.as_tensor(np.asarray(y_val)).long()
+    head = LinearHead(*_feature_scale(values, scales), n_classes, config.dropout)
     counts = torch.bincount(yt, minlength=n_classes).float().clamp(min=1)
     loss_fn = nn.CrossEntropyLoss(weight=counts.sum() / (n_classes * counts))
     eval_loss = nn.CrossEntropyLoss()
     opt = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    batch = head_batch_size(config, len(yt))
     best, best_key, best_epoch, history = None, None, 0, []
     with console.progress("train", config.epochs, unit="epoch") as bar:
         for epoch in range(1, config.epochs + 1):
             head.train()
-            for idx in torch.randperm(len(xt), generator=gen).split(config.batch_size):
+            seen, loss_sum, correct = 0, 0.0, 0
+            for idx in torch.randperm(len(yt), generator=gen).split(batch):
+                xb, yb = ops.gather_dequantize(values, scales, idx), yt[idx]
                 opt.zero_grad(set_to_none=True)
-                loss = loss_fn(head(xt[idx]), yt[idx])
+                logits = head(xb)
+                loss = loss_fn(logits, yb)
                 loss.backward()
                 opt.step()
-            train_loss, train_acc = _evaluate(head, xt, yt, eval_loss)
+                seen += len(idx)
+                loss_sum += float(loss) * len(idx)
+                correct += int((logits.detach().argmax(1) == yb).sum())
             val_loss, val_acc = _evaluate(head, xv, yv, eval_loss)
             history.append(
                 {
                     "epoch": epoch,
-                    "train_loss": train_loss,
-                    "train_acc": train_acc,
+                    "train_loss": loss_sum / max(seen, 1),
+                    "train_acc": correct / max(seen, 1),
                     "val_loss": val_loss,
                     "val_acc": val_acc,
                 }

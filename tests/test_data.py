@@ -601,3 +601,29 @@ def test_split_scanned_train_val_layout_end_to_end(tmp_path):
 def test_split_rejects_invalid_val_fraction(bad):
     with pytest.raises(DataError, match="val_fraction"):
         split(_samples({"a": 5, "b": 5}), val_fraction=bad)
+
+
+def test_audit_remembers_verdicts_by_content(tmp_path, monkeypatch):
+    """A second audit with the same memo decodes nothing and reports the same."""
+    from automl_tl import data as data_mod
+    from automl_tl.memo import Memo
+
+    root = tmp_path / "data"
+    _good_classes(root, ("a", "b"), per_class=3)
+    _write(root / "a" / "broken.png", b"not a png at all")
+    Image.new("L", (40, 30), 100).save(root / "b" / "grey.png")
+    memo = Memo(tmp_path / "cache")
+    first = audit(scan(root), memo=memo)
+
+    def no_decoding(*_):
+        raise AssertionError("decoded a file whose verdict was remembered")
+
+    monkeypatch.setattr(data_mod, "_decode_check", no_decoding)
+    second = audit(scan(root), memo=Memo(tmp_path / "cache"))
+    assert second.to_dict() == first.to_dict()
+    assert first.conversions == {"L->RGB": 1}
+    assert [reason for _, reason in second.problems] == ["not an image Pillow can read"]
+    # A changed file is a new digest: checked again, not trusted from memory.
+    _write(root / "a" / "broken.png", b"still not a png")
+    with pytest.raises(AssertionError, match="remembered"):
+        audit(scan(root), memo=Memo(tmp_path / "cache"))

@@ -1,0 +1,83 @@
+"""Small JSON facts remembered between runs, keyed by content: which files decoded cleanly
+(the audit verdict of a digest) and aggregates of the analysis (BatchNorm drift of a subset).
+
+One SQLite file beside the feature store. Values are JSON, never pickle. A value is written in
+the same transaction as its key, so a killed process leaves either the whole fact or none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+
+__all__ = ["Memo"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS memo (
+    namespace TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (namespace, key)
+) WITHOUT ROWID;
+"""
+
+
+class Memo:
+    """Namespaced key -> JSON value store in `<cache dir>/memo.sqlite`."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.path = Path(root) / "memo.sqlite"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def get_many(self, namespace: str, keys: Iterable[str]) -> dict[str, object]:
+        """The stored values of those `keys` that are known."""
+        keys = list(dict.fromkeys(keys))
+        out: dict[str, object] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                f"SELECT key, value FROM memo WHERE namespace = ? AND key IN ({marks})",
+                [namespace, *chunk],
+            )
+            for key, value in rows:
+                try:
+                    out[key] = json.loads(value)
+                except ValueError:  # written by something else: treat as unknown
+                    continue
+        return out
+
+    def get(self, namespace: str, key: str) -> object | None:
+        return self.get_many(namespace, [key]).get(key)
+
+    def put_many(self, namespace: str, items: dict[str, object]) -> None:
+        """Store all `items` in one transaction (replacing older values)."""
+        if not items:
+            return
+        rows = [(namespace, k, json.dumps(v, sort_keys=True)) for k, v in items.items()]
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("INSERT OR REPLACE INTO memo VALUES (?, ?, ?)", rows)
+
+    def put(self, namespace: str, key: str, value: object) -> None:
+        self.put_many(namespace, {key: value})
+
+    def counts(self) -> dict[str, int]:
+        """Number of facts per namespace."""
+        rows = self._db.execute("SELECT namespace, COUNT(*) FROM memo GROUP BY namespace")
+        return dict(rows.fetchall())
+
+    def clear(self) -> None:
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("DELETE FROM memo")
+
+    def close(self) -> None:
+        self._db.close()
