@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -17,7 +18,14 @@ from torch import nn
 from .errors import ExportError, OutputError
 from .report import publish
 
-__all__ = ["ExportModel", "export_onnx", "check_parity", "ort_providers", "META_PREFIX"]
+__all__ = [
+    "ExportModel",
+    "export_onnx",
+    "compose_onnx",
+    "check_parity",
+    "ort_providers",
+    "META_PREFIX",
+]
 
 META_PREFIX = "automl_tl."
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
@@ -66,6 +74,63 @@ def export_onnx(model: ExportModel, path: Path, crop_size: int, metadata: dict) 
             entry.key = META_PREFIX + key
             entry.value = value if isinstance(value, str) else json.dumps(value)
         onnx.checker.check_model(proto)
+        onnx.save(proto, tmp)
+        publish(tmp, path)
+    except OSError as e:
+        raise OutputError(f"cannot write '{path}': {e.strerror or e}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _head_graph(head: nn.Module, width: int) -> onnx.ModelProto:
+    """The head alone as ONNX: (batch, width) features -> (batch, classes) logits."""
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            copy_to_cpu_eval(head),
+            (torch.rand(2, width),),
+            buf,
+            dynamo=False,
+            opset_version=17,
+            input_names=["features"],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={"features": {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )
+    return onnx.load_from_string(buf.getvalue())
+
+
+def compose_onnx(
+    backbone_onnx: Path, stage_output: str, head: nn.Module, width: int, path: Path, metadata: dict
+) -> Path:
+    """Like export_onnx, without re-tracing the backbone: the graph already exported for
+    embedding (input "image", pooled stage features as outputs) is cut at `stage_output`
+    and joined to the head, which alone is traced. Atomic on success."""
+    path = Path(path)
+    backbone = onnx.load(str(backbone_onnx))
+    if backbone.graph.input[0].name != INPUT_NAME:
+        raise ExportError(f"'{backbone_onnx}' has input {backbone.graph.input[0].name!r}")
+    cut = onnx.utils.Extractor(backbone).extract_model([INPUT_NAME], [stage_output])
+    tail = onnx.compose.add_prefix(
+        _head_graph(head, width), "automl_tl_head/", rename_outputs=False
+    )
+    proto = onnx.compose.merge_models(cut, tail, io_map=[(stage_output, "automl_tl_head/features")])
+    return _save_with_metadata(proto, path, metadata)
+
+
+def _save_with_metadata(proto: onnx.ModelProto, path: Path, metadata: dict) -> Path:
+    """Add metadata, check, and publish `proto` at `path` atomically."""
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key = META_PREFIX + key
+        entry.value = value if isinstance(value, str) else json.dumps(value)
+    onnx.checker.check_model(proto)
+    fd, tmp = tempfile.mkstemp(suffix=".onnx.part", dir=path.parent)
+    os.close(fd)
+    try:
         onnx.save(proto, tmp)
         publish(tmp, path)
     except OSError as e:
