@@ -12,12 +12,9 @@ workers does not change the result.
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,18 +25,32 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from torchvision.transforms import v2
+from torch.utils.data import DataLoader
 
 from .backbone import BackboneSpec, FeatureExtractor
+from .checkpoints import (
+    CHECKPOINT_NAME,
+    FORMAT,
+    CheckpointError,
+    data_fingerprint,
+    load_checkpoint,
+    write_checkpoint,
+)
 from .console import Console
 from .distributed import init_distributed
 from .distributed import world as _world
 from .embed import iter_batches, pick_device
 from .errors import AutoTLError, DataError
 from .export import ExportModel
-from .preprocess import Preprocessing, load_for_model, load_rgb
-from .report import publish
+from .imagedata import (
+    ImageDataset,
+    class_weights,
+    close_loader,
+    make_loader,
+    mix_seed,
+    train_transform,
+)
+from .preprocess import Preprocessing
 from .train import LinearHead
 
 __all__ = [
@@ -57,15 +68,9 @@ __all__ = [
     "warmup_cosine",
 ]
 
-CHECKPOINT_NAME = "finetune.pt"
-_FORMAT = "automl_tl.finetune/1"
 # Config fields that may change between a run and its resume without changing the result.
 _RESUME_FREE = ("num_workers", "patience")
 _STOP_CODES = (None, "early_stopping", "epochs", "callback")
-
-
-class CheckpointError(AutoTLError):
-    """A fine-tuning checkpoint cannot be read safely or belongs to another run."""
 
 
 @dataclass(frozen=True)
@@ -134,82 +139,6 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def class_weights(labels: Sequence[int], n_classes: int) -> torch.Tensor:
-    """Balanced class weights n / (k * count_c); a class absent from `labels` gets n / k."""
-    y = torch.as_tensor(list(labels), dtype=torch.long)
-    counts = torch.bincount(y, minlength=n_classes).double().clamp(min=1)
-    return (len(y) / (n_classes * counts)).float()
-
-
-_INTERPOLATION = {
-    "bilinear": v2.InterpolationMode.BILINEAR,
-    "bicubic": v2.InterpolationMode.BICUBIC,
-    "nearest": v2.InterpolationMode.NEAREST,
-}
-
-
-def train_transform(prep: Preprocessing) -> v2.Compose:
-    """Training augmentation: PIL RGB -> float32 CHW in [0, 1] of size crop_size."""
-    return v2.Compose(
-        [
-            v2.RandomResizedCrop(
-                prep.crop_size,
-                scale=(0.35, 1.0),
-                interpolation=_INTERPOLATION[prep.interpolation],
-                antialias=True,
-            ),
-            v2.RandomHorizontalFlip(),
-            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
-            v2.ToImage(),
-            v2.ToDtype(torch.float32, scale=True),
-        ]
-    )
-
-
-def _mix(*numbers: int) -> int:
-    """A stable 63-bit seed from integers."""
-    digest = hashlib.blake2b(repr(numbers).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
-class ImageDataset(Dataset):
-    """(path, label) items -> (float32 CHW in [0, 1], label).
-
-    Indexed by `(epoch, i)` (what the training sampler yields) or plain `i` (epoch 0).
-    With `augment`, sample i of an epoch is augmented with a seed of (seed, epoch, i);
-    without, it is the eval preprocessing (`load_for_model`).
-    """
-
-    def __init__(self, items, prep: Preprocessing, augment: bool = True, seed: int = 0):
-        self.items = [(str(p), int(y)) for p, y in items]
-        self.prep, self.seed = prep, seed
-        self.transform = train_transform(prep) if augment else None
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, key) -> tuple[torch.Tensor, int]:
-        epoch, index = key if isinstance(key, tuple) else (0, key)
-        path, label = self.items[index]
-        try:
-            if self.transform is None:
-                x = torch.tensor(load_for_model(path, self.prep)).permute(2, 0, 1)
-                return x.float() / 255.0, label
-            img = load_rgb(path, draft_size=self.prep.resize_size)
-        except (OSError, ValueError) as e:
-            raise DataError(f"cannot decode training image '{path}': {e}") from None
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_mix(self.seed, epoch, index))
-            return self.transform(img), label
-
-
-class _EpochSampler(DistributedSampler):
-    """This process's shuffled shard of the training set, each index tagged with the epoch."""
-
-    def __iter__(self):
-        return ((self.epoch, i) for i in super().__iter__())
-
-
 def build_finetune_model(
     spec: BackboneSpec,
     n_classes: int,
@@ -261,43 +190,6 @@ def _from_rank0(code: int, device: torch.device, world: int) -> int:
     if world > 1:
         dist.broadcast(t, src=0)
     return int(t.item())
-
-
-# -------------------------------------------------------------------------------- checkpoints
-def _write_checkpoint(path: Path, payload: dict) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then atomic rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        publish(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a fine-tuning checkpoint with `torch.load(weights_only=True)` (never runs pickled
-    code); raise CheckpointError when it is unreadable, truncated, unsafe or not one of ours."""
-    path = Path(path)
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise CheckpointError(
-            f"checkpoint '{path}' cannot be read safely ({type(e).__name__}: {reason})"
-        ) from None
-    keys = ("epoch", "model", "optimizer", "scheduler", "best", "history", "config", "data")
-    if not isinstance(ck, dict) or ck.get("format") != _FORMAT or any(k not in ck for k in keys):
-        raise CheckpointError(f"'{path}' is not a {_FORMAT} checkpoint")
-    return ck
-
-
-def _data_fingerprint(train_items, val_items, n_classes: int) -> str:
-    text = json.dumps([n_classes, train_items, val_items])
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _check_compatible(ck: dict, path: Path, config: FinetuneConfig, data: str) -> None:
@@ -392,7 +284,7 @@ class _Run:
 
     def train_epoch(self, epoch: int) -> tuple[float, float]:
         self.net.train()
-        torch.manual_seed(_mix(self.config.seed, epoch, 1_000_003 + self.rank))
+        torch.manual_seed(mix_seed(self.config.seed, epoch, 1_000_003 + self.rank))
         self.loader.sampler.set_epoch(epoch)
         loss_sum, correct, n = 0.0, 0.0, 0
         loader = self.loader
@@ -439,7 +331,7 @@ class _Run:
 
     def payload(self) -> dict:
         return {
-            "format": _FORMAT,
+            "format": FORMAT,
             "data": self.data,
             "config": self.config.to_dict(),
             "world_size": self.world,
@@ -506,7 +398,7 @@ class _Run:
         }
         stop = self.track(record)
         if self.rank == 0:
-            _write_checkpoint(self.path, self.payload())
+            write_checkpoint(self.path, self.payload())
         self.console.note(
             f"{'':10} train loss {train_loss:.4f} acc {train_acc:.3f} | "
             f"val loss {val_loss:.4f} acc {val_acc:.3f}"
@@ -516,44 +408,6 @@ class _Run:
             stop = "callback"
         code = _from_rank0(_STOP_CODES.index(stop), self.device, self.world)
         return _STOP_CODES[code]
-
-
-def _auto_workers(device: torch.device, world: int) -> int:
-    """Loader processes when the config leaves it open.
-
-    On CPU the model's compute needs every core: on 2 cores, decoding + augmenting costs
-    15-20 ms/img against 130-250 ms/img of EfficientNet-Lite0 forward+backward, and 1 or 2
-    workers made an epoch 20-30% slower (process start-up, contention), so none below 8 cores
-    per process. On GPU the CPU only feeds it: up to 4 per process.
-    """
-    cores = max(1, (os.cpu_count() or 1) // world)
-    if device.type == "cuda":
-        return min(4, cores - 1)
-    return 0 if cores < 8 else min(2, cores // 8)
-
-
-def _make_loader(dataset, config: FinetuneConfig, rank: int, world: int, device) -> DataLoader:
-    if config.batch_size < world:
-        raise AutoTLError(
-            f"batch_size={config.batch_size} is smaller than the {world} processes; raise it"
-        )
-    local = config.batch_size // world
-    sampler = _EpochSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=config.seed)
-    # Avoid a last batch of one image (degenerate BatchNorm statistics).
-    drop_last = len(sampler) > local and len(sampler) % local == 1
-    workers = _auto_workers(device, world) if config.num_workers is None else config.num_workers
-    return DataLoader(
-        dataset,
-        batch_size=local,
-        sampler=sampler,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        # Its own generator: creating an iterator must not draw from the global RNG (dropout's),
-        # which it would do once per epoch without workers but once per run with them.
-        generator=torch.Generator().manual_seed(config.seed),
-        pin_memory=torch.cuda.is_available(),
-        drop_last=drop_last,
-    )
 
 
 def _resume(run: _Run, console: Console) -> int:
@@ -585,14 +439,6 @@ def _agreed_epoch(epoch: int, run: _Run) -> int:
     return epoch
 
 
-def _close(loader: DataLoader) -> None:
-    """Stop persistent loader workers now rather than at garbage collection."""
-    it = getattr(loader, "_iterator", None)
-    if it is not None and hasattr(it, "_shutdown_workers"):
-        it._shutdown_workers()
-    loader._iterator = None
-
-
 def _prepare(model, train, val, n_classes, prep, config, checkpoint_dir, console) -> _Run:
     """Freeze unreached parameters, move to the device, build loader, optimiser and schedule."""
     rank, world = _world()
@@ -602,14 +448,14 @@ def _prepare(model, train, val, n_classes, prep, config, checkpoint_dir, console
     _freeze_unreached(model.cpu(), prep.crop_size)
     model.to(device, memory_format=torch.channels_last)
     dataset = ImageDataset(train, prep, config.augment, config.seed)
-    loader = _make_loader(dataset, config, rank, world, device)
+    loader = make_loader(dataset, config, rank, world, device)
     opt = _make_optimizer(model, config)
     steps = config.epochs * len(loader)
     warmup = round(config.warmup_epochs * len(loader))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, steps))
     weight = class_weights([y for _, y in train], n_classes).to(device)
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
-    data = _data_fingerprint(train, val, n_classes)
+    data = data_fingerprint(train, val, n_classes)
     run = _Run(
         model,
         model,
@@ -683,7 +529,7 @@ def finetune(
                     break
                 stop = run.run_epoch(epoch, callback)
         finally:
-            _close(run.loader)
+            close_loader(run.loader)
     best = run.state["best"]
     model.load_state_dict(best["model"])
     model = model.to("cpu", memory_format=torch.contiguous_format).eval()

@@ -91,7 +91,7 @@ def run(data: Path, out: Path, epochs: int = TINY_CONFIG.epochs) -> dict:
     write OUT/rank<r>.json and log every checkpoint write's rank to OUT/writers.log."""
     rank, world = ft.init_distributed()
     out.mkdir(parents=True, exist_ok=True)
-    write = ft._write_checkpoint
+    write = ft.write_checkpoint
 
     def logged_write(path, payload):
         with open(out / "writers.log", "a") as fh:
@@ -101,7 +101,7 @@ def run(data: Path, out: Path, epochs: int = TINY_CONFIG.epochs) -> dict:
     train, val, classes = split_items(data)
     config = ft.FinetuneConfig(**{**TINY_CONFIG.to_dict(), "epochs": epochs})
     model = tiny_model(len(classes))
-    with mock.patch.object(ft, "_write_checkpoint", logged_write):
+    with mock.patch.object(ft, "write_checkpoint", logged_write):
         result = ft.finetune(model, train, val, len(classes), TINY_PREP, config, out / "ckpt")
     checksum = float(sum(p.double().sum() for p in result.model.state_dict().values()))
     summary = {
