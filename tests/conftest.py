@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -32,3 +35,32 @@ def fitted(digits_dir, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("run")
     return AutoTransfer(epochs=40, out=out, quiet=True).fit(digits_dir)
+
+
+def _find_chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="session")
+def chromium(pytestconfig) -> str:
+    """Path of a headless-capable Chromium; installed once with apt-get (Debian's `chromium`)
+    when missing and running as root, otherwise the test is skipped with the reason."""
+    exe = _find_chromium()
+    if exe is None:
+        if os.name != "posix" or os.geteuid() != 0 or not shutil.which("apt-get"):
+            pytest.skip("chromium is not installed (apt-get install chromium) and cannot be here")
+        capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+        with capture.global_and_fixture_disabled():
+            print("\ninstalling chromium with apt-get for the report tests (a minute or two)...")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        cmd = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        exe = _find_chromium()
+        if done.returncode != 0:
+            pytest.skip(f"apt-get install chromium failed: {done.stderr.strip()[-300:]}")
+        if exe is None:
+            pytest.skip("apt-get installed chromium but it is not on PATH")
+    version = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
+    if version.returncode != 0:
+        pytest.skip(f"{exe} --version failed: {version.stderr.strip()[-300:]}")
+    return exe
