@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import platform
@@ -26,6 +27,7 @@ from .inference import expand_paths
 from .planner import Plan, Thresholds, make_plan
 from .plugins import get_plugins
 from .report import RunFolder, default_run_dir
+from .report_html import misclassified, write_report
 from .similarity import SourceBank
 from .strategy import HeadTask, ImageTask
 from .train import HeadConfig
@@ -148,7 +150,29 @@ class AutoTransfer(BaseEstimator):
             ("audit.json", report.to_dict()),
         ):
             run.write_json(name, obj)
+        self.report_path_ = write_report(run.path, self._report_data(data, val, preds[1]))
+        console.note(f"report: {self.report_path_}")
         return self
+
+    def _report_data(self, data, val, pred_val) -> dict:
+        """What report.html shows (see automl_tl.report_html)."""
+        y_val = self._labels(val)
+        return {
+            "title": f"automl-tl run: {Path(data).resolve().name}",
+            "created": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()),
+            "data_path": str(Path(data).resolve()),
+            "backbone": self.spec_.name,
+            "audit": self.audit_.to_dict(),
+            "plan": self.plan_.to_dict(),
+            "profile": dataclasses.asdict(self.profile_),
+            "metrics": self.metrics_,
+            "export_check": self.export_check_,
+            "classes": self.classes_,
+            "misclassified": misclassified(
+                [s.path for s in val], y_val, pred_val, self.classes_, limit=8
+            ),
+            "cache": getattr(self, "cache_stats_", None),
+        }
 
     def analyze(self, data: str | os.PathLike) -> Plan:
         """Scan, audit, split, analyse and plan without training; returns the plan."""
