@@ -1,7 +1,12 @@
 """Feature-cache ops: our compiled kernels (csrc/) when built, a pure-torch reference otherwise.
 
 The reference functions (`ref_*`) are both the fallback and the test oracle of the compiled
-ones. `backend()` names what the public functions dispatch to.
+ones. `backend()` names what the public functions dispatch to, `backend_detail()` says why.
+
+The compiled kernels are the optional extension module `automl_tl._C` (built by `make`, or
+`pip install --no-build-isolation -e .`); importing it registers `torch.ops.automl_tl.*`.
+It is loaded on first use, not at import, and `AUTOML_TL_DISABLE_EXT=1` keeps it unloaded.
+Inputs the kernels do not cover (another device or dtype) go to the reference.
 
 Storage formats:
     fp16: values (N, D) float16, scales None
@@ -11,10 +16,17 @@ Storage formats:
 
 from __future__ import annotations
 
+import importlib
+import os
+import sys
+import threading
+from typing import Any, NamedTuple
+
 import torch
 
 __all__ = [
     "backend",
+    "backend_detail",
     "quantize_fp16",
     "quantize_int8",
     "gather_dequantize",
@@ -22,6 +34,9 @@ __all__ = [
     "ref_quantize_int8",
     "ref_gather_dequantize",
 ]
+
+_BUILD_HINT = "Build them with: make (or pip install --no-build-isolation -e .)"
+_STORE_DTYPES = frozenset({torch.float16, torch.int8, torch.float32})
 
 
 # ------------------------------------------------------------------ reference
@@ -49,24 +64,122 @@ def ref_gather_dequantize(
     return rows
 
 
+# ------------------------------------------------------------------ loading
+class _Backend(NamedTuple):
+    name: str  # "cpp", "cpp+cuda" or "torch"
+    detail: str  # why: where the kernels come from, or why they are not used
+    devices: frozenset[str]  # device types with compiled kernels
+    ops: Any  # (quantize_fp16, quantize_int8, gather_dequantize) OpOverloads, or None
+
+
+_lock = threading.Lock()
+_backend: _Backend | None = None
+
+
+def _registered(key: str) -> bool:
+    """Whether every automl_tl op has a kernel for dispatch key `key`."""
+    has = torch._C._dispatch_has_kernel_for_dispatch_key
+    names = ("quantize_fp16", "quantize_int8", "gather_dequantize")
+    try:
+        return all(has(f"automl_tl::{n}", key) for n in names)
+    except RuntimeError:  # operator not registered at all
+        return False
+
+
+def _try_load() -> _Backend:
+    """Import automl_tl._C and describe what it registered, or why the reference is used."""
+    if os.environ.get("AUTOML_TL_DISABLE_EXT", "") not in ("", "0"):
+        return _Backend("torch", "disabled by AUTOML_TL_DISABLE_EXT=1", frozenset(), None)
+    if _registered("CPU"):
+        # Already registered, e.g. by torch.ops.load_library of a build/ .so: loading a second
+        # copy would abort the process (one TORCH_LIBRARY per namespace).
+        origin = " registered by a library loaded before automl_tl._C"
+    else:
+        try:
+            # Loading the shared library registers torch.ops.automl_tl.*.
+            origin = f" from {importlib.import_module('automl_tl._C').__file__}"
+        except ModuleNotFoundError:
+            return _Backend("torch", "automl_tl._C is not built", frozenset(), None)
+        except Exception as exc:  # ImportError: ABI or torch version mismatch, missing symbol
+            first = (str(exc).strip().splitlines() or [""])[0]
+            reason = f"automl_tl._C failed to load: {type(exc).__name__}: {first[:200]}"
+            return _Backend("torch", reason, frozenset(), None)
+        if not _registered("CPU"):
+            reason = "automl_tl._C loaded but registered no CPU kernels"
+            return _Backend("torch", reason, frozenset(), None)
+    lib = torch.ops.automl_tl
+    ops = (lib.quantize_fp16.default, lib.quantize_int8.default, lib.gather_dequantize.default)
+    # OpOverload.__call__ only forwards to ._op; calling that directly saves a Python frame
+    # per training batch.
+    ops = tuple(getattr(op, "_op", op) for op in ops)
+    if _registered("CUDA"):
+        both = frozenset({"cpu", "cuda"})
+        return _Backend("cpp+cuda", f"compiled CPU and CUDA kernels{origin}", both, ops)
+    return _Backend("cpp", f"compiled CPU kernels{origin}", frozenset({"cpu"}), ops)
+
+
+def _load() -> _Backend:
+    """The backend, loading it on first use; says once on stderr when it is the fallback."""
+    global _backend
+    with _lock:
+        if _backend is None:
+            b = _try_load()
+            if b.name == "torch":
+                if b.detail.startswith("disabled"):
+                    note = f"automl-tl: compiled ops {b.detail}; using the pure-torch fallback."
+                else:
+                    note = (
+                        f"automl-tl: compiled ops not available ({b.detail}); "
+                        f"using the pure-torch fallback. {_BUILD_HINT}"
+                    )
+                print(note, file=sys.stderr, flush=True)
+            _backend = b
+    return _backend
+
+
 # ------------------------------------------------------------------ dispatch
 def backend() -> str:
-    """'torch-reference' until the compiled extension is wired in."""
-    return "torch-reference"
+    """What the public ops run on: "cpp" (compiled CPU kernels), "cpp+cuda" (compiled CPU and
+    CUDA kernels) or "torch" (the pure-torch reference)."""
+    return (_backend or _load()).name
+
+
+def backend_detail() -> str:
+    """Why `backend()` is what it is: where the kernels were loaded from, or the reason the
+    reference is used (not built, failed to load, disabled)."""
+    return (_backend or _load()).detail
 
 
 def quantize_fp16(x: torch.Tensor) -> torch.Tensor:
-    """(N, D) float32 -> (N, D) float16."""
+    """(N, D) float32 -> (N, D) float16, round to nearest even (equal to `x.to(float16)`)."""
+    b = _backend or _load()
+    if b.ops is not None and x.dtype is torch.float32 and x.device.type in b.devices:
+        return b.ops[0](x)
     return ref_quantize_fp16(x)
 
 
 def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, D) float32 -> ((N, D) int8, (N,) float32 per-row scale)."""
+    """(N, D) float32 -> ((N, D) int8, (N,) float32 per-row scale), symmetric per row."""
+    b = _backend or _load()
+    if b.ops is not None and x.dtype is torch.float32 and x.device.type in b.devices:
+        return b.ops[1](x)
     return ref_quantize_int8(x)
 
 
 def gather_dequantize(
     values: torch.Tensor, scales: torch.Tensor | None, index: torch.Tensor
 ) -> torch.Tensor:
-    """Fused gather by row index + dequantise to a float32 training batch."""
+    """Fused gather by row index + dequantise to a float32 training batch.
+
+    Args:
+        values: (N, D) float16, int8 or float32 store.
+        scales: (N,) float32 per-row scales, or None.
+        index: (B,) int64 row numbers; out-of-range numbers raise IndexError.
+
+    Returns:
+        (B, D) float32, equal to `values[index].float() * scales[index][:, None]`.
+    """
+    b = _backend or _load()
+    if b.ops is not None and values.dtype in _STORE_DTYPES and values.device.type in b.devices:
+        return b.ops[2](values, scales, index)
     return ref_gather_dequantize(values, scales, index)
