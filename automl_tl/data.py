@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import stat
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -88,10 +89,16 @@ def _walk_files(folder: Path, exclude: frozenset[Path] = frozenset()) -> list[Pa
 
 
 def _class_dirs(folder: Path, exclude: frozenset[Path] = frozenset()) -> list[Path]:
+    """Non-hidden sub-folders; a linked one is followed unless it leads back to `folder` or
+    above (a loop that would make every image a member of a phantom class)."""
+    here = folder.resolve()
     return sorted(
         p
         for p in folder.iterdir()
-        if p.is_dir() and not _hidden(p.name) and p.resolve() not in exclude
+        if p.is_dir()
+        and not _hidden(p.name)
+        and p.resolve() not in exclude
+        and not here.is_relative_to(p.resolve())
     )
 
 
@@ -105,13 +112,39 @@ def _scan_class_tree(
     return samples, classes
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # name too long, NUL byte
+        return False
+
+
+def _is_header(row: list[str], rest: list[list[str]], root: Path) -> bool:
+    """`path,label`, or another header (`filename,class`): a first row whose path names no
+    file and whose label no later row uses, so that it does not become a phantom class."""
+    cells = [c.strip() for c in row[:2]]
+    if [c.lower() for c in cells] == ["path", "label"]:
+        return True
+    if len(cells) < 2 or not all(cells):
+        return False
+    return cells[1] not in {r[1].strip() for r in rest if len(r) > 1} and not _is_file(
+        root / cells[0]
+    )
+
+
 def _scan_csv(path: Path) -> Manifest:
     root = path.parent.resolve()
     samples, problems, classes = [], [], []
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        rows = list(csv.reader(fh))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.reader(fh))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(
+            f"cannot read '{path}' as a CSV file ({e}); save it as UTF-8 text with "
+            "one path,label row per image"
+        ) from None
     first = 1
-    if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
+    if rows and _is_header(rows[0], rows[1:], root):
         rows, first = rows[1:], 2
     for lineno, row in enumerate(rows, start=first):
         if not row or not "".join(row).strip():
@@ -120,10 +153,15 @@ def _scan_csv(path: Path) -> Manifest:
             problems.append((f"{path}:{lineno}", "row is not 'path,label'"))
             continue
         rel, label = row[0].strip(), row[1].strip()
-        full = (root / rel).resolve()
-        if not full.is_relative_to(root):
+        try:
+            full = (root / rel).resolve()
+        except (OSError, ValueError, RuntimeError) as e:  # NUL byte, symlink loop
+            full, why = None, f"invalid path: {e}"
+        if full is None:
+            problems.append((rel, why))
+        elif not full.is_relative_to(root):
             problems.append((rel, f"path is outside the CSV's folder {root}"))
-        elif not full.is_file():
+        elif not _is_file(full):
             problems.append((rel, "file not found"))
         else:
             samples.append(Sample(full, label))
@@ -177,7 +215,10 @@ def _digest(path: Path) -> str:
 def _hash_file(sample: Sample) -> tuple[Sample, str | None]:
     """(sample with digest, problem or None): the cheap half of the check, reading bytes only."""
     try:
-        if sample.path.stat().st_size == 0:
+        st = sample.path.stat()
+        if not stat.S_ISREG(st.st_mode):  # a pipe would block the reader forever
+            return sample, "not a regular file (a pipe, socket or device)"
+        if st.st_size == 0:
             return sample, "empty file (0 bytes)"
         return replace(sample, digest=_digest(sample.path)), None
     except OSError as e:

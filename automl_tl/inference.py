@@ -23,12 +23,15 @@ _PREFIX = "automl_tl."
 
 
 def expand_paths(paths) -> list[Path]:
-    """Files as given; folders searched recursively for image files (hidden entries skipped)."""
+    """Files as given; folders searched recursively for image files (hidden entries and
+    __MACOSX skipped, as the audit does)."""
     out = []
     for p in map(Path, paths):
         if p.is_dir():
             for dirpath, dirnames, filenames in os.walk(p):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                dirnames[:] = sorted(
+                    d for d in dirnames if not d.startswith(".") and d != "__MACOSX"
+                )
                 out += [
                     Path(dirpath) / f
                     for f in sorted(filenames)
@@ -93,6 +96,8 @@ class Predictor:
         for f in files:
             results.append({"path": str(f)})
             try:
+                if not f.is_file():  # opening a pipe named x.jpg would wait forever
+                    raise OSError("not a regular file" if f.exists() else "no such file")
                 arrays.append(load_for_model(f, self.preprocessing))
                 owners.append(len(results) - 1)
             except Exception as e:

@@ -52,6 +52,10 @@ class Preprocessing:
         return cls(**d)
 
 
+# Above this many times resize_size**2 pixels, preprocess does not build the whole resized
+# image (only an aspect ratio beyond 16:1 gets there).
+_MAX_RESIZED_AREA = 16
+
 _RESAMPLE = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
@@ -73,8 +77,10 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         return _flatten_alpha(img)
     if img.mode.startswith("I") or img.mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
         top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        if img.mode == "F" and arr.max() <= 1.0:  # float images are usually scaled to [0, 1]
+            top = 1.0
         arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(arr, mode="L").convert("RGB")
     return img.convert("RGB")
@@ -110,8 +116,16 @@ def preprocess(img: Image.Image, prep: Preprocessing) -> np.ndarray:
     w, h = img.size
     scale = prep.resize_size / min(w, h)
     nw, nh = max(prep.crop_size, round(w * scale)), max(prep.crop_size, round(h * scale))
-    img = img.resize((nw, nh), _RESAMPLE[prep.interpolation])
     left, top = (nw - prep.crop_size) // 2, (nh - prep.crop_size) // 2
+    if nw * nh > _MAX_RESIZED_AREA * prep.resize_size**2:
+        # Extreme aspect (20000x8 would become 640000x256, 20000x1 several GB): resample only
+        # the source region of the centre crop. Same filter, same centres; Pillow's float32
+        # box may round a few pixels differently.
+        sx, sy = nw / w, nh / h
+        box = (left / sx, top / sy, (left + prep.crop_size) / sx, (top + prep.crop_size) / sy)
+        img = img.resize((prep.crop_size, prep.crop_size), _RESAMPLE[prep.interpolation], box=box)
+        return np.asarray(img, dtype=np.uint8)
+    img = img.resize((nw, nh), _RESAMPLE[prep.interpolation])
     img = img.crop((left, top, left + prep.crop_size, top + prep.crop_size))
     return np.asarray(img, dtype=np.uint8)
 
