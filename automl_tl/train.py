@@ -138,7 +138,7 @@ def train_head(
                 loss.backward()
                 opt.step()
                 seen += len(idx)
-                loss_sum += float(loss) * len(idx)
+                loss_sum += loss.item() * len(idx)
                 correct += int((logits.detach().argmax(1) == yb).sum())
             val_loss, val_acc = _evaluate(head, xv, yv, eval_loss)
             history.append(
