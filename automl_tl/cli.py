@@ -2,40 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 
 import click
 
 from . import __version__
+from .cli_cache import cache_group
+from .cli_common import clean_errors as _clean_errors
 from .errors import AutoTLError
 
 __all__ = ["main", "run"]
-
-
-def _clean_errors(func):
-    """Turn AutoTLError into one line on stderr and exit 1 (tracebacks only with --verbose)."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        verbose = kwargs.get("verbose", False)
-        try:
-            return func(*args, **kwargs)
-        except AutoTLError as e:
-            if verbose:
-                raise
-            click.echo(f"error: {e}", err=True)
-            sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo(
-                "interrupted; nothing half-written is kept. To continue a fine-tuning run, "
-                "repeat the command with the same --out and add --resume",
-                err=True,
-            )
-            sys.exit(130)
-
-    return wrapper
 
 
 class _PluginGroup(click.Group):
@@ -256,113 +233,6 @@ def source_bank_show(path, verbose):
     )
 
 
-@main.group("cache")
-def cache_group():
-    """Inspect, check or clear the feature cache (pooled backbone features per image)."""
-
-
-def _cache_options(func):
-    options = [
-        click.option(
-            "--cache-dir",
-            type=click.Path(file_okay=False),
-            help="Cache folder (default: $AUTOML_TL_CACHE_DIR, else the user cache folder).",
-        ),
-        click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout."),
-        click.option("--verbose", "-v", is_flag=True, help="Show tracebacks."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def _size(n: int) -> str:
-    return f"{n / 1e6:,.1f} MB" if n >= 1e5 else f"{n / 1e3:,.1f} kB"
-
-
-@cache_group.command("info")
-@_cache_options
-@_clean_errors
-def cache_info(cache_dir, as_json, verbose):
-    """Where the cache is, its feature spaces and stages, entries, shards and size on disk."""
-    from .cache import FeatureStore
-
-    info = FeatureStore(cache_dir).info()
-    if as_json:
-        click.echo(json.dumps(info, indent=2))
-        return
-    if not info["exists"]:
-        click.echo(f"feature cache: {info['location']} (empty, nothing stored yet)")
-        return
-    line = (
-        f"{len(info['spaces'])} spaces, {info['entries']:,} entries in {info['shards']:,} shards, "
-        f"{_size(info['bytes_on_disk'])} on disk"
-    )
-    if info["bytes_per_value"]:
-        line += f", {info['bytes_per_value']:.2f} bytes per value"
-        line += f" ({info['fp32_fraction']:.0%} of fp32)"
-    click.echo(f"feature cache: {info['location']}\n{line}")
-    for space in info["spaces"]:
-        desc = ", ".join(f"{k}={v}" for k, v in space["description"].items())
-        click.echo(f"space {space['id']} ({space['dtype']}, {space['entries']:,} entries): {desc}")
-        for stage, s in space["stages"].items():
-            click.echo(
-                f"  {stage:<12} {s['entries']:>9,} rows x {s['width']:<5} "
-                f"{s['shards']:,} shards  {_size(s['bytes'])}"
-            )
-
-
-@cache_group.command("verify")
-@click.option("--repair", is_flag=True, help="Drop bad entries and shards, delete stray files.")
-@_cache_options
-@_clean_errors
-def cache_verify(repair, cache_dir, as_json, verbose):
-    """Check every shard's size and checksum and every entry; exit 1 when problems remain."""
-    from .cache import CacheError, FeatureStore
-
-    report = FeatureStore(cache_dir).verify(repair=repair)
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
-    else:
-        click.echo(
-            f"checked {report['shards']:,} shards and {report['entries']:,} entries in "
-            f"{report['location']}: {report['bad_shards']} bad shards, {report['bad_entries']} bad "
-            f"entries, {report['orphan_files']} orphan and {report['temp_files']} temporary files"
-        )
-        for problem in report["problems"][:20]:
-            click.echo(f"  - {problem}")
-        if len(report["problems"]) > 20:
-            click.echo(f"  ... and {len(report['problems']) - 20} more (see --json)")
-        if repair and report["problems"]:
-            click.echo("repaired: dropped rows will be recomputed when next needed")
-    if not report["ok"]:
-        hint = "" if repair else "; run `automl-tl cache verify --repair`"
-        raise CacheError(f"the feature cache at {report['location']} has problems{hint}")
-
-
-@cache_group.command("clear")
-@click.option("--space", help="Clear only this feature space (id or unique prefix, see info).")
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-@_cache_options
-@_clean_errors
-def cache_clear(space, yes, cache_dir, as_json, verbose):
-    """Delete cached features: all of them, or one feature space's."""
-    from .cache import FeatureStore
-
-    store = FeatureStore(cache_dir)
-    what = f"feature space {space}" if space else "every cached feature"
-    if not yes:
-        click.confirm(f"delete {what} in {store.dir}?", abort=True, err=True)
-    out = store.clear(space)
-    if as_json:
-        click.echo(json.dumps(out, indent=2))
-        return
-    click.echo(
-        f"removed {out['entries']:,} entries in {out['shards']:,} shards "
-        f"({_size(out['bytes_freed'])}) and {out['spaces']} spaces from {out['location']}"
-    )
-
-
 @main.command()
 @click.argument("model", type=str)
 @click.argument("paths", nargs=-1, required=True)
@@ -464,6 +334,19 @@ def strategies_command(as_json):
         for name, spec in sorted(ps.strategies.items())
     ]
     _emit(rows, ["name", "case", "plugin", "description"], as_json, ps.failures)
+
+
+main.add_command(cache_group)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def doctor(as_json):
+    """Versions, compiled ops, onnxruntime providers, CUDA / FAISS GPU, cache, plugins."""
+    from .doctor import collect, format_report
+
+    info = collect()
+    click.echo(json.dumps(info, indent=2) if as_json else format_report(info))
 
 
 def run() -> None:

@@ -145,3 +145,22 @@ def test_missing_torchvision_weights_offline_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
     res = run("fit", data, "--backbone", "resnet18", "--out", tmp_path / "r", "-q")
     assert_one_line_error(res, "no weights for resnet18", "--weights")
+
+
+def test_doctor_reports_the_installation(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from automl_tl import ops
+    from automl_tl.cli import main
+
+    monkeypatch.setenv("AUTOML_TL_CACHE_DIR", str(tmp_path / "cache"))
+    res = CliRunner().invoke(main, ["doctor", "--json"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.output)
+    assert info["compiled_ops"]["backend"] == ops.backend()
+    assert "CPUExecutionProvider" in info["onnxruntime"]["available_providers"]
+    assert info["cache"]["location"] == str(tmp_path / "cache")
+    assert info["versions"]["torch"] and info["plugins"]["backbones"] >= 1
+    text = CliRunner().invoke(main, ["doctor"]).output
+    for key in ("compiled ops:", "onnxruntime providers:", "CUDA:", "faiss", "cache:"):
+        assert key in text

@@ -1,0 +1,36 @@
+"""What every command shares: one clean line per error, a hint after Ctrl-C."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+from .errors import AutoTLError
+
+__all__ = ["clean_errors"]
+
+
+def clean_errors(func):
+    """Turn AutoTLError into one line on stderr and exit 1 (tracebacks only with --verbose)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        verbose = kwargs.get("verbose", False)
+        try:
+            return func(*args, **kwargs)
+        except AutoTLError as e:
+            if verbose:
+                raise
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo(
+                "interrupted; nothing half-written is kept. To continue a fine-tuning run, "
+                "repeat the command with the same --out and add --resume",
+                err=True,
+            )
+            sys.exit(130)
+
+    return wrapper
