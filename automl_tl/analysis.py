@@ -1,7 +1,8 @@
-"""The analyse step: embed (all stages, one pass), measure, and profile the data."""
+"""The analyse step: cached features of every stage, measured, and the data profiled."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 
@@ -11,6 +12,7 @@ from .backbone import BackboneSpec, FeatureExtractor
 from .console import Console
 from .data import Sample
 from .embed import embed
+from .features import FeatureCache
 from .planner import DatasetProfile, Thresholds, add_verdicts, size_profile
 from .probe import probe_stages
 from .similarity import (
@@ -22,16 +24,17 @@ from .similarity import (
     nn_similarity,
 )
 
-__all__ = ["Analysis", "analyse", "stratified_subset", "cut_features"]
+__all__ = ["Analysis", "analyse", "bn_drift", "stratified_subset"]
 
 
 @dataclass
 class Analysis:
-    """A profile plus the per-stage features it was computed from (rows follow `samples`)."""
+    """A profile plus the per-stage cached rows it was computed from (rows follow `samples`);
+    `images_per_second` is torch eager's, what fine-tuning would run at."""
 
     profile: DatasetProfile
     samples: list[Sample]
-    stage_feats: list[np.ndarray]
+    stage_rows: list
     images_per_second: float
     spec_prep: object = None  # the Preprocessing used
 
@@ -59,6 +62,36 @@ def stratified_subset(samples: list[Sample], limit: int, seed: int = 0) -> list[
     return keep
 
 
+def bn_drift(
+    spec: BackboneSpec,
+    net,
+    sample: list[Sample],
+    features: FeatureCache,
+    limit: int = 64,
+    seed: int = 0,
+    console: Console | None = None,
+) -> tuple[dict, float]:
+    """(BatchNorm drift per stage, torch images/s) from a torch pass over a stratified subset
+    of at most `limit` images (forward hooks need torch; the cached features came from
+    onnxruntime). Remembered in the cache by the subset's digests and the feature space.
+    The speed is what fine-tuning's time estimate needs: torch eager, not onnxruntime."""
+    subset = stratified_subset(sample, limit, seed)
+    key = hashlib.blake2b(
+        "|".join([features.space, *sorted(s.digest for s in subset)]).encode(), digest_size=16
+    ).hexdigest()
+    known = features.memo.get("bn-drift-v1", key)
+    if isinstance(known, dict) and "drift" in known:
+        return known["drift"], float(known["torch_images_per_second"])
+    extractor = FeatureExtractor(net, spec.preprocessing, len(spec.stages) - 1)
+    t0 = time.perf_counter()
+    with BNDriftRecorder(net, [s.name for s in spec.stages]) as bn:
+        embed(extractor, [s.path for s in subset], spec.preprocessing, 32, console, "torch")
+    speed = len(subset) / max(time.perf_counter() - t0, 1e-9)
+    drift = bn.drift()
+    features.memo.put("bn-drift-v1", key, {"drift": drift, "torch_images_per_second": speed})
+    return drift, speed
+
+
 def analyse(
     spec: BackboneSpec,
     net,
@@ -69,57 +102,33 @@ def analyse(
     bank: SourceBank | None = None,
     thresholds: Thresholds | None = None,
     max_images: int = 2000,
-    batch_size: int = 32,
     seed: int = 0,
     console: Console | None = None,
+    features: FeatureCache | None = None,
 ) -> Analysis:
-    """Size from the counts; similarity, source-classifier scores, BN drift and stage probes
-    from one embedding pass over (a stratified subset of) train + validation."""
+    """Size from the counts; similarity, source-classifier scores and stage probes from the
+    cached features of every stage of (a stratified subset of) train + validation; BN drift
+    from a small torch pass."""
     console = console or Console(quiet=True)
+    features = features or FeatureCache(spec, net, console=console)
     profile = size_profile(*([s.label for s in part] for part in (train, val, test)))
     sample = stratified_subset(train + val, max_images, seed)
-    extractor = FeatureExtractor(net, spec.preprocessing, len(spec.stages) - 1)
-    t0 = time.perf_counter()
-    with BNDriftRecorder(net, [s.name for s in spec.stages]) as bn:
-        feats = embed(extractor, [s.path for s in sample], spec.preprocessing, batch_size, console)
-    speed = len(sample) / max(time.perf_counter() - t0, 1e-9)
+    rows = features.stage_rows(sample)
+    last = rows[-1].dequantize().numpy()
     profile.feature_width = spec.stages[-1].width
-    profile.bn_drift = bn.drift()
-    if bank is None and getattr(net, "classifier", None) is not None:
-        bank = classifier_bank(spec.name, net.classifier)
+    profile.bn_drift, speed = bn_drift(spec, net, sample, features, seed=seed, console=console)
+    classifier = getattr(net, "classifier", None)
+    if bank is None and classifier is not None:
+        bank = classifier_bank(spec.name, classifier)
     if bank is not None:
-        space = feats[-1]
+        space = last
         if bank.kind == "classifier":  # class vectors live in the last linear layer's input
-            space = classifier_space(net.classifier, feats[-1])
+            space = classifier_space(classifier, last)
         profile.similarity = nn_similarity(bank, space)
-    if getattr(net, "classifier", None) is not None:
-        profile.source_classifier = classifier_scores(net.classifier, feats[-1])
+    if classifier is not None:
+        profile.source_classifier = classifier_scores(classifier, last)
     y = np.array([classes.index(s.label) for s in sample])
-    profile.probes = probe_stages(feats, y, [s.name for s in spec.stages])
+    profile.probes = probe_stages(rows, y, [s.name for s in spec.stages])
     profile.probe_n = len(sample)
     add_verdicts(profile, thresholds or Thresholds())
-    return Analysis(profile, sample, feats, speed, spec.preprocessing)
-
-
-def cut_features(
-    analysis: Analysis,
-    extractor: FeatureExtractor,
-    samples: list[Sample],
-    batch_size: int = 32,
-    console: Console | None = None,
-) -> np.ndarray:
-    """Features of the extractor's cut stage for `samples`, in order: rows the analysis
-    already computed are reused, only the rest run through the backbone."""
-    known = {s.path: i for i, s in enumerate(analysis.samples)}
-    stage = analysis.stage_feats[extractor.cut]
-    rest = [s.path for s in samples if s.path not in known]
-    extra = embed(extractor, rest, analysis.spec_prep, batch_size, console)[-1] if rest else None
-    out = np.empty((len(samples), stage.shape[1]), dtype=np.float32)
-    j = 0
-    for i, s in enumerate(samples):
-        if s.path in known:
-            out[i] = stage[known[s.path]]
-        else:
-            out[i] = extra[j]
-            j += 1
-    return out
+    return Analysis(profile, sample, rows, speed, spec.preprocessing)

@@ -13,17 +13,20 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator
 
-from . import __version__
-from .analysis import Analysis, analyse, cut_features
+from . import __version__, ops
+from .analysis import Analysis, analyse
 from .backbone import FeatureExtractor, file_sha256
+from .cache import default_cache_dir
 from .console import Console
 from .data import audit, scan, split
 from .distributed import init_distributed
 from .embed import iter_batches
 from .errors import AutoTLError, NotFittedError
 from .evaluate import classification_metrics
-from .export import ExportModel, check_parity, export_onnx
+from .export import ExportModel, check_parity, compose_onnx, export_onnx
+from .features import FeatureCache
 from .inference import expand_paths
+from .memo import Memo
 from .planner import Plan, Thresholds, make_plan
 from .plugins import get_plugins
 from .report import RunFolder, default_run_dir
@@ -53,7 +56,10 @@ class AutoTransfer(BaseEstimator):
         resume: continue an interrupted fine-tuning run in the same `out` folder.
         val_fraction: share of each class held out for validation when the data has no val/.
         epochs, patience, lr, weight_decay: head training.
-        batch_size: images per embedding batch.
+        batch_size: images per embedding batch (default: chosen from the available memory).
+        cache_dir: feature cache folder (default: $AUTOML_TL_CACHE_DIR or the user cache).
+        cache_dtype: how cached features are stored, "fp16" or "int8" (per-row scale).
+        engine: frozen-backbone runtime, "auto" (onnxruntime on CPU), "onnxruntime", "torch".
         seed: seeds the split and training.
         strict: turn every data problem into an error.
         out: run folder; default a new folder under `runs/`.
@@ -79,7 +85,10 @@ class AutoTransfer(BaseEstimator):
         patience: int = 15,
         lr: float = 1e-3,
         weight_decay: float = 1e-2,
-        batch_size: int = 32,
+        batch_size: int | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        cache_dtype: str = "fp16",
+        engine: str = "auto",
         seed: int = 0,
         strict: bool = False,
         out: str | os.PathLike | None = None,
@@ -103,6 +112,9 @@ class AutoTransfer(BaseEstimator):
         self.lr = lr
         self.weight_decay = weight_decay
         self.batch_size = batch_size
+        self.cache_dir = cache_dir
+        self.cache_dtype = cache_dtype
+        self.engine = engine
         self.seed = seed
         self.strict = strict
         self.out = out
@@ -119,12 +131,13 @@ class AutoTransfer(BaseEstimator):
         plugins = get_plugins()
         spec = plugins.backbone(self.backbone)
         run = RunFolder(self.out if self.out is not None else default_run_dir(data))
-        report = audit(scan(data, exclude=(run.path,)), console=console, strict=self.strict)
+        report = audit(scan(data, exclude=(run.path,)), console, self.strict, memo=self._memo())
         train, val, test = split(report.samples, self.val_fraction, self.seed)
         self.classes_, self.audit_, self.spec_ = report.classes, report, spec
         self.run_dir_ = run.path
         net = spec.build(self.weights, allow_download=self.allow_download)
-        analysis = self._analyse(spec, net, train, val, test, console)
+        features = self._features(spec, net, console)
+        analysis = self._analyse(spec, net, train, val, test, console, features)
         plan = self._plan(analysis, spec, plugins)
         for reason in plan.reasons:
             console.note(f"plan: {reason}")
@@ -134,14 +147,17 @@ class AutoTransfer(BaseEstimator):
         if strategy.kind == "images":
             result, preds = self._fit_images(strategy, parts, run, console)
         else:
-            result, preds = self._fit_features(strategy, net, analysis, parts, console)
+            result, preds = self._fit_features(strategy, net, features, parts, console)
         self.history_ = result.history
+        self.cache_stats_ = {**features.stats.to_dict(), "backend": ops.backend()}
         self.metrics_ = self._metrics(result, preds, parts, time.perf_counter() - t0)
+        self.metrics_["feature_cache"] = self.cache_stats_
         self.onnx_path_ = run.file("model.onnx")
         if rank != 0:  # under torchrun, rank 0 alone exports and writes the run folder
             self.export_check_ = {}
             return self
-        self.export_check_ = self._export(self.onnx_path_, [s.path for s in val[:16]])
+        composed = features.onnx_path() if strategy.kind != "images" else None
+        self.export_check_ = self._export(self.onnx_path_, [s.path for s in val[:16]], composed)
         self.metrics_["export_check"] = self.export_check_
         for name, obj in (
             ("plan.json", plan.to_dict()),
@@ -179,30 +195,58 @@ class AutoTransfer(BaseEstimator):
         console = Console(quiet=self.quiet)
         plugins = get_plugins()
         spec = plugins.backbone(self.backbone)
-        report = audit(scan(data), console=console, strict=self.strict)
+        report = audit(scan(data), console, self.strict, memo=self._memo())
         train, val, test = split(report.samples, self.val_fraction, self.seed)
         self.classes_, self.audit_, self.spec_ = report.classes, report, spec
         net = spec.build(self.weights, allow_download=self.allow_download)
-        analysis = self._analyse(spec, net, train, val, test, console)
+        features = self._features(spec, net, console)
+        analysis = self._analyse(spec, net, train, val, test, console, features)
         self.profile_, self.plan_ = analysis.profile, self._plan(analysis, spec, plugins)
         return self.plan_
 
     def _labels(self, samples) -> np.ndarray:
         return np.array([self.classes_.index(s.label) for s in samples], dtype=np.int64)
 
-    def _fit_features(self, strategy, net, analysis, parts, console):
-        """Frozen backbone: features of the cut (reused from the analysis where possible)."""
+    def _cache_root(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir is not None else default_cache_dir()
+
+    def _memo(self) -> Memo:
+        return Memo(self._cache_root())
+
+    def _features(self, spec, net, console) -> FeatureCache:
+        return FeatureCache(
+            spec,
+            net,
+            self._cache_root(),
+            self.cache_dtype,
+            self.engine,
+            self.batch_size,
+            console,
+        )
+
+    def _fit_features(self, strategy, net, features: FeatureCache, parts, console):
+        """Frozen backbone: the cut stage's rows from the feature cache (computed where
+        missing), handed to the strategy as stored rows and as float32 arrays."""
         train, val, test = parts
         prep = self.spec_.preprocessing
-        extractor = FeatureExtractor(net, prep, self.spec_.stage_index(self.plan_.cut))
+        cut = self.spec_.stage_index(self.plan_.cut)
+        extractor = FeatureExtractor(net, prep, cut)
         everything = train + val + test
-        feats = cut_features(analysis, extractor, everything, self.batch_size, console)
+        rows = features.rows(everything, self.plan_.cut)
         n_tr, n_va = len(train), len(val)
         y = self._labels(everything)
-        rows = slice(n_tr, n_tr + n_va)
-        k = len(self.classes_)
+        rows_train = rows.subset(np.arange(n_tr))
+        rows_val = rows.subset(np.arange(n_tr, n_tr + n_va))
         task = HeadTask(
-            feats[:n_tr], y[:n_tr], feats[rows], y[rows], k, self._head_config(), console
+            np.asarray(rows_train),
+            y[:n_tr],
+            np.asarray(rows_val),
+            y[n_tr : n_tr + n_va],
+            len(self.classes_),
+            self._head_config(),
+            console,
+            rows_train,
+            rows_val,
         )
         result = strategy.fit(task)
         self.model_ = ExportModel(extractor, result.head).eval()
@@ -210,8 +254,8 @@ class AutoTransfer(BaseEstimator):
         with torch.no_grad():  # in chunks: a head may build (rows x training set) matrices
             pred = np.concatenate(
                 [
-                    head(torch.from_numpy(c)).argmax(1).numpy()
-                    for c in np.array_split(feats, max(1, len(feats) // 4096))
+                    head(rows.dequantize(torch.from_numpy(c))).argmax(1).numpy()
+                    for c in np.array_split(np.arange(len(rows)), max(1, len(rows) // 4096))
                 ]
             )
         return result, (pred[:n_tr], pred[n_tr : n_tr + n_va], pred[n_tr + n_va :])
@@ -259,7 +303,7 @@ class AutoTransfer(BaseEstimator):
         overrides = {"size_ratio": self.size_ratio, "similarity_pvalue": self.similarity_pvalue}
         return Thresholds(**{k: v for k, v in overrides.items() if v is not None})
 
-    def _analyse(self, spec, net, train, val, test, console) -> Analysis:
+    def _analyse(self, spec, net, train, val, test, console, features) -> Analysis:
         bank = SourceBank.load(self.source_bank) if self.source_bank else None
         if bank is not None and bank.backbone != spec.name:
             raise AutoTLError(
@@ -276,9 +320,9 @@ class AutoTransfer(BaseEstimator):
             bank,
             self._thresholds(),
             self.max_analysis_images,
-            self.batch_size,
             self.seed,
             console,
+            features,
         )
 
     def _plan(self, analysis: Analysis, spec, plugins) -> Plan:
@@ -336,8 +380,21 @@ class AutoTransfer(BaseEstimator):
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
 
-    def _export(self, path: Path, check_paths: list[Path]) -> dict:
-        self.export_onnx(path)
+    def _export(self, path: Path, check_paths: list[Path], composed: Path | None) -> dict:
+        """Write model.onnx (joined to the embedding graph when there is one, else traced)
+        and check it against the torch model on real held-out images."""
+        if composed is not None:
+            cut = self.spec_.stage_index(self.plan_.cut)
+            compose_onnx(
+                composed,
+                f"stage{cut}",
+                self.model_.head,
+                self.spec_.stages[cut].width,
+                path,
+                self._metadata(),
+            )
+        else:
+            self.export_onnx(path)
         prep = self.spec_.preprocessing
         batch = next(iter_batches(check_paths, prep, len(check_paths)))
         return check_parity(self.model_, path, batch)
@@ -354,7 +411,7 @@ class AutoTransfer(BaseEstimator):
         prep = self.spec_.preprocessing
         out = []
         with torch.inference_mode():
-            for batch in iter_batches(files, prep, self.batch_size):
+            for batch in iter_batches(files, prep, self.batch_size or 32):
                 out.append(torch.softmax(self.model_(torch.from_numpy(batch)), 1).numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.classes_)))
 
@@ -375,10 +432,11 @@ class AutoTransfer(BaseEstimator):
         self._check_fitted()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        prep = self.spec_.preprocessing
-        metadata = {
+        return export_onnx(self.model_, path, self.spec_.preprocessing.crop_size, self._metadata())
+
+    def _metadata(self) -> dict:
+        return {
             "classes": self.classes_,
-            "preprocessing": prep.to_dict(),
+            "preprocessing": self.spec_.preprocessing.to_dict(),
             "provenance": self._provenance(),
         }
-        return export_onnx(self.model_, path, prep.crop_size, metadata)

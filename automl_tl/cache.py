@@ -79,6 +79,22 @@ class StoredRows:
     def __len__(self) -> int:
         return int(self.values.shape[0])
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.values.shape[0]), int(self.values.shape[1])
+
+    def subset(self, index: Any) -> StoredRows:
+        """Rows `index` (positions), still quantised."""
+        import torch
+
+        index = torch.as_tensor(index, dtype=torch.long)
+        scales = None if self.scales is None else self.scales.index_select(0, index)
+        return StoredRows(self.values.index_select(0, index), scales)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self.dequantize().numpy()
+        return out if dtype is None else out.astype(dtype, copy=False)
+
     def dequantize(self, index: Any = None) -> torch.Tensor:
         """Rows `index` (default all) as a float32 batch, through ops.gather_dequantize."""
         import torch

@@ -70,7 +70,28 @@ def _fit_options(func):
         click.option("--resume", is_flag=True, help="Continue an interrupted run in --out."),
         click.option("--epochs", default=100, show_default=True, help="Max head epochs."),
         click.option("--val-fraction", default=0.2, show_default=True),
-        click.option("--batch-size", default=32, show_default=True),
+        click.option(
+            "--batch-size", type=int, help="Images per embedding batch (default: from memory)."
+        ),
+        click.option(
+            "--cache-dir",
+            type=click.Path(file_okay=False),
+            help="Feature cache folder (default: $AUTOML_TL_CACHE_DIR or ~/.cache/automl-tl).",
+        ),
+        click.option(
+            "--cache-dtype",
+            type=click.Choice(["fp16", "int8"]),
+            default="fp16",
+            show_default=True,
+            help="How cached features are stored (int8: per-row scale, half the bytes).",
+        ),
+        click.option(
+            "--engine",
+            type=click.Choice(["auto", "onnxruntime", "torch"]),
+            default="auto",
+            show_default=True,
+            help="Frozen-backbone runtime (auto: onnxruntime on CPU, torch on CUDA).",
+        ),
         click.option("--seed", default=0, show_default=True),
         click.option("--strict", is_flag=True, help="Every data problem is an error."),
         click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout."),
@@ -105,6 +126,8 @@ def _run_fit(data, as_json, quiet, **options):
         "val_balanced_accuracy": val["balanced_accuracy"],
         "export_check": model.export_check_,
         "fit_seconds": model.metrics_["fit_seconds"],
+        "feature_cache": model.metrics_.get("feature_cache"),
+        "report": str(getattr(model, "report_path_", "")),
     }
     if "test" in model.metrics_:
         summary["test_accuracy"] = model.metrics_["test"]["accuracy"]

@@ -31,6 +31,15 @@ def knn_loo_accuracy(x: np.ndarray, y: np.ndarray, k: int = 5) -> float:
     return float((votes.argmax(1) == y).mean())
 
 
-def probe_stages(stage_feats: list[np.ndarray], y: np.ndarray, names: list[str]) -> dict:
-    """k-NN leave-one-out accuracy per stage, in stage order."""
-    return {n: knn_loo_accuracy(f, y) for n, f in zip(names, stage_feats, strict=True)}
+def _as_float(x) -> np.ndarray:
+    """Float32 rows of an array, or of stored (quantised) rows gathered and dequantised by
+    the compiled op (`automl_tl.ops.gather_dequantize`, through `StoredRows.dequantize`)."""
+    if hasattr(x, "dequantize") and hasattr(x, "scales"):
+        return x.dequantize().numpy()
+    return np.asarray(x, dtype=np.float32)
+
+
+def probe_stages(stage_feats: list, y: np.ndarray, names: list[str]) -> dict:
+    """k-NN leave-one-out accuracy per stage, in stage order; features are float arrays or
+    the feature cache's stored rows."""
+    return {n: knn_loo_accuracy(_as_float(f), y) for n, f in zip(names, stage_feats, strict=True)}

@@ -18,7 +18,9 @@ __all__ = ["StrategySpec", "HeadTask", "ImageTask"]
 @dataclass
 class HeadTask:
     """What a feature-based strategy gets: cached features of the chosen cut point
-    (train and validation), integer labels, the class count and the planned config."""
+    (train and validation) as float32 arrays, integer labels, the class count and the planned
+    config. `rows_train` / `rows_val`, when set, are the same rows as the feature cache stores
+    them (float16, or int8 + scale), for strategies that gather batches with automl_tl.ops."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -27,6 +29,8 @@ class HeadTask:
     n_classes: int
     config: HeadConfig
     console: Console
+    rows_train: object = None
+    rows_val: object = None
 
 
 @dataclass

@@ -22,6 +22,15 @@ def shared_dataset(name: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory) -> Path:
+    """Every test (and the CLI subprocesses it starts) uses one fresh cache folder of the
+    session, never the user's ~/.cache/automl-tl. Tests about cold starts make their own."""
+    folder = tmp_path_factory.mktemp("automl-tl-cache")
+    os.environ["AUTOML_TL_CACHE_DIR"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory) -> Path:
     """Three digit classes from scikit-learn's bundled digits, 16 PNGs each."""

@@ -11,10 +11,10 @@ from ..train import TrainResult, train_head
 
 
 def _linear_head(task: HeadTask) -> TrainResult:
-    return train_head(
-        task.x_train,
+    return train_head(  # batches gathered from the stored rows by the compiled op
+        task.rows_train if task.rows_train is not None else task.x_train,
         task.y_train,
-        task.x_val,
+        task.rows_val if task.rows_val is not None else task.x_val,
         task.y_val,
         task.n_classes,
         task.config,
