@@ -3,14 +3,15 @@
     .venv/bin/python benchmarks/bench_ops.py [--threads 2] [--markdown docs/ops_bench.md]
 
 Both sides are called through their public Python functions (`automl_tl.ops.gather_dequantize`
-vs `ref_gather_dequantize`, ...), the way training calls them. Each case alternates rounds of
-the two so that load from other processes hits both alike, and reports the best round
-(microseconds per call) and the ratio reference / compiled (> 1: compiled is faster).
+vs `ref_gather_dequantize`, ...), the way training calls them.
+Calls of the two alternate one by one and the median call time is reported (microseconds),
+with the ratio reference / compiled (> 1: compiled is faster).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,19 +21,24 @@ import torch
 from automl_tl import ops
 
 
-def _best_us(fns: list[Callable[[], object]], calls: int, rounds: int) -> list[float]:
-    """Best per-call time of each function in microseconds, rounds interleaved."""
-    best = [float("inf")] * len(fns)
+def _median_us(fns: list[Callable[[], object]], samples: int) -> list[float]:
+    """Median time of one call of each function in microseconds.
+
+    Calls alternate between the functions one by one, so load from other processes (this
+    machine's 2 cores are shared) falls on both alike; the median drops calls that a
+    preemption hit.
+    """
     for fn in fns:  # warm up caches, thread pool, allocator
-        for _ in range(max(3, calls // 4)):
+        for _ in range(max(3, samples // 10)):
             fn()
-    for _ in range(rounds):
+    times: list[list[float]] = [[] for _ in fns]
+    clock = time.perf_counter
+    for _ in range(samples):
         for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            best[i] = min(best[i], (time.perf_counter() - t0) / calls * 1e6)
-    return best
+            t0 = clock()
+            fn()
+            times[i].append(clock() - t0)
+    return [statistics.median(t) * 1e6 for t in times]
 
 
 def _cycle(items: list) -> Callable[[], object]:
@@ -97,8 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", type=int, nargs="+", default=[32, 256], help="rows per batch")
     p.add_argument("--quantize-rows", type=int, nargs="+", default=[256, 4096])
     p.add_argument("--dim", type=int, default=1280, help="feature width D (default 1280)")
-    p.add_argument("--calls", type=int, default=200, help="calls per round (gather)")
-    p.add_argument("--rounds", type=int, default=15, help="interleaved rounds; best is kept")
+    p.add_argument("--samples", type=int, default=2000, help="timed calls per op (gather)")
     p.add_argument("--markdown", type=Path, help="also write the table as markdown here")
     args = p.parse_args(argv)
 
@@ -108,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     header = (
         f"automl-tl ops: {ops.backend()} vs pure-torch reference; torch {torch.__version__}, "
-        f"{args.threads} threads, D={args.dim}, best of {args.rounds} interleaved rounds"
+        f"{args.threads} threads, D={args.dim}, median of {args.samples} alternating calls"
     )
     print(header)
     print(f"{'op':<40} {'compiled us':>12} {'reference us':>13} {'ratio':>7}")
@@ -116,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     cases = list(_gather_cases(args.stores, args.dim, args.batches, seed=0))
     cases += list(_quantize_cases(args.quantize_rows, args.dim, seed=1))
     for name, compiled, reference in cases:
-        calls = args.calls if name.startswith("gather") else max(5, args.calls // 10)
-        c, r = _best_us([compiled, reference], calls, args.rounds)
+        samples = args.samples if name.startswith("gather") else max(20, args.samples // 10)
+        c, r = _median_us([compiled, reference], samples)
         results.append((name, c, r))
         print(f"{name:<40} {c:>12.1f} {r:>13.1f} {r / c:>6.2f}x", flush=True)
     if args.markdown:
