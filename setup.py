@@ -15,6 +15,7 @@ Environment:
 
 from __future__ import annotations
 
+import copy
 import glob
 import os
 import sys
@@ -76,24 +77,47 @@ def _extensions():
         # serially. The runtime resolves to the libgomp torch has already loaded.
         cxx.append("-fopenmp")
         link.append("-fopenmp")
+    cpu_ext = cpp_extension.CppExtension(
+        NAME, sources, extra_compile_args={"cxx": cxx}, extra_link_args=link
+    )
     cuda, why = _want_cuda(torch, cpp_extension)
+    ext = cpu_ext
     if cuda:
-        ext = cpp_extension.CUDAExtension(
-            NAME,
-            sources + _sources("csrc/cuda/*.cu"),
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
-            extra_link_args=link,
-        )
-    else:
-        ext = cpp_extension.CppExtension(
-            NAME, sources, extra_compile_args={"cxx": cxx}, extra_link_args=link
-        )
+        try:
+            ext = cpp_extension.CUDAExtension(
+                NAME,
+                sources + _sources("csrc/cuda/*.cu"),
+                extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
+                extra_link_args=link,
+            )
+        except Exception as exc:  # e.g. no CUDA_HOME: build the CPU kernels alone
+            cuda, why = False, f"CUDA extension not configurable: {_last_line(exc)}"
     _say(f"automl-tl: building {NAME} ({'CPU + CUDA' if cuda else 'CPU'} kernels: {why})")
-    return [ext], _optional_build_ext(cpp_extension.BuildExtension)
+    return [ext], _optional_build_ext(cpp_extension.BuildExtension, cpu_ext if cuda else None)
 
 
-def _optional_build_ext(base):
-    """A BuildExtension whose failure skips the extension instead of failing the install."""
+def _last_line(exc: BaseException) -> str:
+    lines = [s for s in str(exc).strip().splitlines() if s.strip()]
+    return (lines[-1] if lines else type(exc).__name__)[:200]
+
+
+_BUILD_ATTRS = (
+    "sources",
+    "include_dirs",
+    "define_macros",
+    "undef_macros",
+    "library_dirs",
+    "libraries",
+    "runtime_library_dirs",
+    "extra_compile_args",
+    "extra_link_args",
+    "language",
+)
+
+
+def _optional_build_ext(base, cpu_fallback):
+    """A BuildExtension whose failure skips the extension instead of failing the install;
+    when the CUDA build fails, it first retries with the CPU kernels alone (`cpu_fallback`)."""
 
     class OptionalBuildExt(base):
         skipped: str | None = None
@@ -101,13 +125,25 @@ def _optional_build_ext(base):
         def run(self):
             try:
                 super().run()
+                return
             except Exception as exc:  # CompileError, LinkError, RuntimeError, OSError, ...
                 if os.environ.get("AUTOML_TL_BUILD_STRICT", "") == "1":
                     raise
-                lines = [s for s in str(exc).strip().splitlines() if s.strip()]
-                detail = lines[-1] if lines else type(exc).__name__
-                OptionalBuildExt.skipped = f"compilation failed: {detail[:200]}"
-                _say(_skip_line(OptionalBuildExt.skipped))
+                failure = f"compilation failed: {_last_line(exc)}"
+            if cpu_fallback is not None:
+                _say(f"automl-tl: CUDA kernels skipped ({failure}); retrying with CPU kernels")
+                # Turn the (already finalised) extension into the CPU one in place.
+                for ext in self.extensions:
+                    for attr in _BUILD_ATTRS:
+                        setattr(ext, attr, copy.deepcopy(getattr(cpu_fallback, attr)))
+                self.compiler = None  # run() made a compiler object of the option; start anew
+                try:
+                    super().run()
+                    return
+                except Exception as exc:
+                    failure = f"compilation failed: {_last_line(exc)}"
+            OptionalBuildExt.skipped = failure
+            _say(_skip_line(failure))
 
         def get_outputs(self):
             return [] if OptionalBuildExt.skipped else super().get_outputs()
