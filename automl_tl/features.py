@@ -141,7 +141,9 @@ class FeatureCache:
     def _compute(self, todo: list[Sample]) -> None:
         prep = self.spec.preprocessing
         runner = self.runner(len(todo))
-        batch = pick_batch_size(prep.crop_size, self.batch_size, n_images=len(todo))
+        # At most 64 per batch: with 256 (what a quarter of 24 GB allows) one embedding
+        # process held 6 GB; the batch also delays the first commit to the store.
+        batch = pick_batch_size(prep.crop_size, self.batch_size, high=64, n_images=len(todo))
         pending: list[list[np.ndarray]] = []
         done = 0
         with self.console.progress("embed", len(todo)) as bar:
