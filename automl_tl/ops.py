@@ -69,7 +69,7 @@ class _Backend(NamedTuple):
     name: str  # "cpp", "cpp+cuda" or "torch"
     detail: str  # why: where the kernels come from, or why they are not used
     cuda: bool  # the compiled ops also have CUDA kernels
-    ops: Any  # (quantize_fp16, quantize_int8, gather_dequantize) OpOverloads, or None
+    ops: Any  # (quantize_fp16, quantize_int8, gather_dequantize) op callables, or None
 
 
 _lock = threading.Lock()
