@@ -82,7 +82,7 @@ class AutoTransfer(BaseEstimator):
         resume: bool = False,
         val_fraction: float = 0.2,
         epochs: int = 100,
-        patience: int = 15,
+        patience: int = 10,
         lr: float = 1e-3,
         weight_decay: float = 1e-2,
         batch_size: int | None = None,

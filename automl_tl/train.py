@@ -35,11 +35,14 @@ class HeadConfig:
     """Hyper-parameters of head training."""
 
     epochs: int = 100
-    patience: int = 15
+    patience: int = 10
     lr: float = 1e-3
     weight_decay: float = 1e-2
-    batch_size: int | None = 64  # None: chosen from the training-set size
-    dropout: float = 0.2
+    batch_size: int | None = None  # None: chosen from the training-set size
+    # No input dropout by default: on cached features it cost 2.5x the training time
+    # (a Bernoulli mask per value per step) for no validation gain (flowers5 0.746 without,
+    # 0.742 with; hymenoptera 0.948 both). Weight decay and early stopping regularise.
+    dropout: float = 0.0
     seed: int = 0
 
     def to_dict(self) -> dict:
