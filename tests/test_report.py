@@ -568,3 +568,27 @@ def test_report_renders_cleanly_in_chromium(browser, tmp_path):
         assert img.width == 1280 and img.height > 1500
     if os.environ.get("AUTOML_TL_REPORT_SCREENSHOT"):
         shutil.copyfile(shot, os.environ["AUTOML_TL_REPORT_SCREENSHOT"])
+
+
+def test_a_real_runs_report_renders_cleanly(browser, fitted, tmp_path):
+    """The report.html a real `fit` wrote (conftest's fitted digits run): every section
+    present and visible, no console problems, nothing fetched from outside the page."""
+    report = Path(fitted.run_dir_) / "report.html"
+    assert report == Path(fitted.report_path_)
+    browser.open(report.as_uri())
+    assert browser.problems() == []
+    assert all(u.startswith("data:image/") for u in browser.requests()[1:])
+    found = browser.evaluate(
+        f"JSON.stringify({json.dumps(IDS)}.map(id => {{"
+        "const e = document.getElementById(id); return [id, !!e && e.offsetHeight > 0]}))"
+    )
+    assert dict(json.loads(found)) == dict.fromkeys(IDS, True)
+    text = browser.evaluate("document.body.innerText")
+    acc = fitted.metrics_["validation"]["accuracy"]
+    assert f"{100 * acc:.1f}%" in text and "PASS" in text
+    for name in fitted.classes_:
+        assert name in text
+    shot = tmp_path / "real-report.png"
+    browser.screenshot(shot)
+    with Image.open(shot) as img:
+        assert img.width == 1280 and img.height > 1000
