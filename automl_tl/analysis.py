@@ -85,7 +85,8 @@ def bn_drift(
     extractor = FeatureExtractor(net, spec.preprocessing, len(spec.stages) - 1)
     t0 = time.perf_counter()
     with BNDriftRecorder(net, [s.name for s in spec.stages]) as bn:
-        embed(extractor, [s.path for s in subset], spec.preprocessing, 32, console, "torch")
+        paths = [s.path for s in subset]
+        embed(extractor, paths, spec.preprocessing, 32, console, "torch", label="bn-drift")
     speed = len(subset) / max(time.perf_counter() - t0, 1e-9)
     drift = bn.drift()
     features.memo.put("bn-drift-v1", key, {"drift": drift, "torch_images_per_second": speed})

@@ -73,6 +73,7 @@ def embed(
     console: Console | None = None,
     engine: str = "auto",
     model_dir: str | Path | None = None,
+    label: str = "embed",
 ) -> list[np.ndarray]:
     """Pooled features of every stage up to the extractor's cut, one (N, width) array per stage.
 
@@ -82,6 +83,7 @@ def embed(
             CPU, torch on CUDA or when forward hooks are registered on the extractor).
         model_dir: where the onnxruntime engine keeps its exports to reuse them across
             runs; None keeps them in a temporary folder for this process.
+        label: the progress bar's name.
 
     Under torch.distributed each process embeds `paths[rank::world]` and every process
     receives all rows, in order.
@@ -96,7 +98,7 @@ def embed(
     )
     batch_size = pick_batch_size(prep.crop_size, batch_size, n_images=len(paths))
     outputs: list[list[np.ndarray]] = []
-    with console.progress("embed", len(paths)) as bar:
+    with console.progress(label, len(paths)) as bar:
         for batch in iter_batches(paths, prep, batch_size, loader=load_image):
             feats = runner.run(batch)
             if not outputs:
