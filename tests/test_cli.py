@@ -99,8 +99,11 @@ def test_fit_json_summary(cli_run):
 
 def test_fit_shows_progress_unless_quiet(tmp_path):
     data = write_digits(tmp_path / "d", per_class=4, digits=(0, 1))
-    loud = run("fit", data, "--out", tmp_path / "a", "--epochs", "3")
-    assert loud.returncode == 0 and "embed" in loud.stderr and "img/s" in loud.stderr
+    cold = ("--cache-dir", tmp_path / "cache")  # so the backbone really runs
+    loud = run("fit", data, "--out", tmp_path / "a", "--epochs", "3", *cold)
+    assert loud.returncode == 0 and "img/s" in loud.stderr
+    for step in ("audit", "embed", "bn-drift", "train", "epoch/s"):
+        assert step in loud.stderr
     assert "validation accuracy" in loud.stdout
     quiet = run("fit", data, "--out", tmp_path / "b", "--epochs", "3", "--quiet")
     assert quiet.returncode == 0 and quiet.stderr == ""
