@@ -39,8 +39,10 @@ from .cache_format import (
     CacheMissError,
     flock,
     fsync_dir,
+    is_shard_name,
     map_shard,
     open_index,
+    shard_path,
     transaction,
     write_shard,
 )
@@ -246,7 +248,7 @@ class FeatureStore:
             return self._maps[name]
         try:
             checksum = None if name in self._verified else rec[5]
-            views = map_shard(self.shard_dir / name, *rec[1:5], checksum)
+            views = map_shard(shard_path(self.shard_dir, name), *rec[1:5], checksum)
         except BadShard as e:
             self._drop_shard(sid, name, str(e))
             return None
@@ -260,7 +262,8 @@ class FeatureStore:
         with self._lock, transaction(self._db()) as db:
             n = db.execute(DELETE_SHARD_ENTRIES, (sid, sid)).rowcount
             db.execute("DELETE FROM shards WHERE id = ?", (sid,))
-        (self.shard_dir / name).unlink(missing_ok=True)
+        if is_shard_name(name):  # never delete outside the shard folder
+            (self.shard_dir / name).unlink(missing_ok=True)
         if n:  # n == 0: another process dropped or cleared it first
             self._console.warn(
                 f"feature cache shard {self.shard_dir / name} is damaged ({reason}); "

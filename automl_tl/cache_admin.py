@@ -12,7 +12,9 @@ from .cache_format import (
     CacheError,
     flock,
     fsync_dir,
+    is_shard_name,
     map_shard,
+    shard_path,
     transaction,
 )
 
@@ -88,7 +90,7 @@ def _check_shards(store: FeatureStore, shards: list) -> dict[int, str]:
     bad = {}
     for sid, name, *rec in shards:
         try:
-            map_shard(store.shard_dir / name, *rec)
+            map_shard(shard_path(store.shard_dir, name), *rec)
         except BadShard as e:
             bad[sid] = f"shard {name}: {e}"
     return bad
@@ -153,7 +155,7 @@ def verify(store: FeatureStore, repair: bool = False) -> dict:
                     "DELETE FROM entries WHERE space = ? AND stage = ? AND digest = ?",
                     [e[:3] for e in outside],
                 )
-            gone = [names[s] for s in bad] + orphans + temps
+            gone = [names[s] for s in bad if is_shard_name(names[s])] + orphans + temps
             for name in gone:
                 (store.shard_dir / name).unlink(missing_ok=True)
             fsync_dir(store.shard_dir)
@@ -194,8 +196,8 @@ def clear(store: FeatureStore, space: str | None = None) -> dict:
             db.execute(f"DELETE FROM shards {where}", args)
             where = "WHERE id = ?" if space else ""
             out["spaces"] = db.execute(f"DELETE FROM spaces {where}", args).rowcount
-        names = [s[0] for s in shards]
-        out["shards"], out["bytes_freed"] = len(names), sum(s[1] for s in shards)
+        names = [s[0] for s in shards if is_shard_name(s[0])]  # never delete outside the folder
+        out["shards"], out["bytes_freed"] = len(shards), sum(s[1] for s in shards)
         if space is None:
             names += sum(_stray_files(store, set(names)), [])
         for name in names:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sqlite3
 import struct
 import time
@@ -33,9 +34,11 @@ __all__ = [
     "FORMAT",
     "fsync_dir",
     "flock",
+    "is_shard_name",
     "layout",
     "map_shard",
     "open_index",
+    "shard_path",
     "transaction",
     "write_shard",
 ]
@@ -45,6 +48,7 @@ DTYPES: dict[str, tuple[int, Any]] = {"fp16": (1, np.float16), "int8": (2, np.in
 _MAGIC = b"ATLFEAT\x00"
 _HEADER = struct.Struct("<8sIIQQQ")  # magic, format, dtype code, rows, width, scales offset
 _HEADER_SIZE = 64
+_SHARD_NAME = re.compile(r"[0-9a-f]{32}\.shard")  # uuid4().hex + ".shard", what put() writes
 _TIMEOUT = 120.0  # seconds a process waits for another one's write transaction
 
 _SCHEMA = f"""
@@ -77,6 +81,19 @@ class CacheMissError(CacheError, KeyError):
 
 class BadShard(Exception):
     """A shard file is missing or does not match its index row (the message says how)."""
+
+
+def is_shard_name(name: object) -> bool:
+    """True for a shard file name the store writes (no folder part, no other file)."""
+    return isinstance(name, str) and _SHARD_NAME.fullmatch(name) is not None
+
+
+def shard_path(folder: Path, name: object) -> Path:
+    """`folder / name` for a shard name the store writes; BadShard for any other, so an index
+    planted or damaged never makes the store read or delete a file outside `folder`."""
+    if not is_shard_name(name):
+        raise BadShard(f"{name!r} is not a shard file name")
+    return folder / name
 
 
 def layout(dtype: str, rows: int, width: int) -> tuple[int, int]:
