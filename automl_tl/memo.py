@@ -2,7 +2,9 @@
 (the audit verdict of a digest) and aggregates of the analysis (BatchNorm drift of a subset).
 
 One SQLite file beside the feature store. Values are JSON, never pickle. A value is written in
-the same transaction as its key, so a killed process leaves either the whole fact or none.
+the same transaction as its key, so a killed process leaves either the whole fact or none. A file
+that is not a memo (damaged, or replaced by something else) is started afresh with a warning:
+everything in it is recomputed when next needed.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ import os
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
+
+from .console import Console
+from .errors import AutoTLError
 
 __all__ = ["Memo"]
 
@@ -25,16 +30,40 @@ CREATE TABLE IF NOT EXISTS memo (
 """
 
 
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, timeout=60, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        try:
+            db.execute("SELECT namespace, key, value FROM memo LIMIT 0")
+        except sqlite3.OperationalError as e:  # a SQLite file, but not ours
+            raise sqlite3.DatabaseError(f"no memo table: {e}") from None
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
 class Memo:
     """Namespaced key -> JSON value store in `<cache dir>/memo.sqlite`."""
 
     def __init__(self, root: str | os.PathLike):
         self.path = Path(root) / "memo.sqlite"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db = _connect(self.path)
+        except sqlite3.OperationalError as e:  # locked or unwritable: not the file's content
+            raise AutoTLError(
+                f"cannot open {self.path} ({e}); pass --cache-dir or set AUTOML_TL_CACHE_DIR "
+                "to a writable folder"
+            ) from None
+        except sqlite3.DatabaseError as e:
+            Console().warn(f"{self.path} is not a readable memo ({e}); starting a new one")
+            for suffix in ("", "-wal", "-shm"):  # a stale WAL must not replay into the new file
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            self._db = _connect(self.path)
 
     def get_many(self, namespace: str, keys: Iterable[str]) -> dict[str, object]:
         """The stored values of those `keys` that are known."""
