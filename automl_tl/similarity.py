@@ -107,12 +107,12 @@ class SourceBank:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
                 vectors, reference = z["vectors"].astype(np.float32), z["reference"]
-        except (OSError, ValueError, KeyError) as e:
+            return cls(meta["backbone"], meta["kind"], vectors, reference, meta["description"])
+        except (OSError, ValueError, KeyError, TypeError) as e:  # meta without those keys too
             raise AutoTLError(
                 f"'{path}' is not a source bank ({e}); build one with "
                 "`automl-tl source-bank build --backbone NAME DIR`"
             ) from None
-        return cls(meta["backbone"], meta["kind"], vectors, reference, meta["description"])
 
     def scores(self, feats: np.ndarray) -> np.ndarray:
         """Cosine similarity of each feature to its nearest bank vector."""
