@@ -14,7 +14,7 @@ import PIL
 import torch
 import torchvision
 
-from .backbone import BackboneSpec, FeatureExtractor
+from .backbone import BackboneSpec, FeatureExtractor, file_sha256
 from .cache import FeatureStore, StoredRows
 from .console import Console
 from .data import Sample
@@ -22,7 +22,7 @@ from .decode import load_image
 from .distributed import world
 from .embed import iter_batches
 from .memo import Memo
-from .runtime import extractor_key, make_runner, pick_batch_size
+from .runtime import _read_sidecar, extractor_key, make_runner, pick_batch_size, pick_engine
 
 __all__ = ["FeatureCache", "CacheStats", "DECODER"]
 
@@ -177,7 +177,18 @@ class FeatureCache:
 
     def onnx_path(self) -> Path | None:
         """The verified all-stage ONNX graph (outputs "stage<i>") when the engine is
-        onnxruntime, exported now if an earlier run did not leave one; else None."""
+        onnxruntime, exported now if an earlier run did not leave one; else None.
+
+        An export whose sidecar checksum matches is used without opening a session (a warm
+        run embeds nothing, so it needs the file, not a runner)."""
+        path = self.model_dir / f"{self.model_key}.onnx"
+        if self._runner is None and pick_engine(self.engine, extractor=self.extractor) != "torch":
+            record = _read_sidecar(path)
+            try:
+                if record and record.get("sha256") == file_sha256(path):
+                    return path
+            except OSError:
+                pass
         runner = self.runner()
         return getattr(runner, "path", None) if runner.engine == "onnxruntime" else None
 
