@@ -227,6 +227,21 @@ def test_planted_onnx_export_is_re_exported_never_loaded(
     assert [o.shape[1] for o in again.run(batch)] == [s.width for s in spec.stages]
 
 
+def test_planted_onnx_export_never_ends_up_in_a_fit_model(data, lite0, warm_cache, tmp_path):
+    """A warm fit composes model.onnx from the cached export: a valid graph of another model
+    planted there (old sidecar) is exported again, never composed in."""
+    root = _copy(warm_cache, tmp_path / "cache")
+    path = root / "models" / f"{FeatureCache(*lite0, root).model_key}.onnx"
+    planted_sha = _sha(_identity_onnx(path))
+    out = tmp_path / "run"
+    res = cli("fit", data, "--case", "1", "--epochs", "5", "--cache-dir", root, "--out", out, "-q")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads((out / "metrics.json").read_text())["export_check"]["passed"]
+    assert planted_sha != _sha(path) == json.loads(path.with_suffix(".json").read_text())["sha256"]
+    ops = [n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node]
+    assert ops.count("Conv") > 10  # the backbone, not the planted Identity
+
+
 def test_planted_shard_is_dropped_and_recomputed(data, lite0, warm_cache, tmp_path, marker):
     root = _copy(warm_cache, tmp_path / "cache")
     shard = sorted((root / "features" / "shards").glob("*.shard"))[0]
