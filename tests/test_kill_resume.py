@@ -130,7 +130,10 @@ def test_ctrl_c_during_finetuning_exits_130_with_one_line_and_resume_completes(
     small, warm, tmp_path
 ):
     out = tmp_path / "run"
-    args = ["fit", small, "--case", "3", "--finetune-epochs", "2", "--cache-dir", warm]
+    # Six epochs of ~1.5 s: the interrupt lands while epochs are left even when a busy
+    # machine delays the watcher (with two, the run once finished before SIGINT arrived).
+    epochs = 6
+    args = ["fit", small, "--case", "3", "--finetune-epochs", str(epochs), "--cache-dir", warm]
     args += ["--out", out]
     run = Watched(args)
     run.wait_for(lambda s: "| val loss" in s.text, 900)  # epoch 1 checkpointed and reported
@@ -141,12 +144,14 @@ def test_ctrl_c_during_finetuning_exits_130_with_one_line_and_resume_completes(
     said = [ln for ln in lines if "interrupted" in ln or "--resume" in ln]
     assert len(said) == 1 and said[0] == lines[-1], run.text
     assert "repeat the command with the same --out and add --resume" in said[0]
-    assert checkpoint_epoch(out) == 1
+    done = checkpoint_epoch(out)
+    assert 1 <= done < epochs
     assert not (out / "model.onnx").exists()
     assert verify_cache(warm) == (True, "clean")
 
     res = cli(*args, "--resume")
     assert res.returncode == 0, res.stderr
-    assert resumed_from(res.stderr) == 1
-    assert [h["epoch"] for h in metrics(out)["history"]] == [1, 2]
+    assert resumed_from(res.stderr) == done
+    history = [h["epoch"] for h in metrics(out)["history"]]  # early stopping may end it sooner
+    assert history == list(range(1, len(history) + 1)) and len(history) > done
     assert check_model(out, small / "7") == []
