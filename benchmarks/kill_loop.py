@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import functools
 import json
 import os
 import pty
@@ -67,6 +68,15 @@ class Segment:
         return (m["label"], int(m["done"]), int(m["total"])) if m else None
 
 
+def _child_setup(nice: int) -> None:
+    """In the child before exec: Ctrl-C behaves as in a terminal even when this script runs
+    in the background of a non-interactive shell (which starts it with SIGINT ignored, and
+    Python then keeps it ignored); a lower priority lets the watcher aim closer."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if nice:
+        os.nice(nice)
+
+
 class Watched:
     """`python -m automl_tl ARGS` with stderr on a pseudo-terminal, read as timestamped
     segments (redraws end with a carriage return, lines with a newline)."""
@@ -83,7 +93,7 @@ class Watched:
             stdout=subprocess.DEVNULL,
             stderr=slave,
             start_new_session=True,
-            preexec_fn=(lambda: os.nice(nice)) if nice else None,  # lets the watcher aim closer
+            preexec_fn=functools.partial(_child_setup, nice),
         )
         os.close(slave)
         self._fd: int | None = master
