@@ -69,19 +69,12 @@ def export_onnx(model: ExportModel, path: Path, crop_size: int, metadata: dict) 
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             )
         proto = onnx.load(tmp)
-        for key, value in metadata.items():
-            entry = proto.metadata_props.add()
-            entry.key = META_PREFIX + key
-            entry.value = value if isinstance(value, str) else json.dumps(value)
-        onnx.checker.check_model(proto)
-        onnx.save(proto, tmp)
-        publish(tmp, path)
     except OSError as e:
         raise OutputError(f"cannot write '{path}': {e.strerror or e}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return path
+    return _save_with_metadata(proto, path, metadata)
 
 
 def _head_graph(head: nn.Module, width: int) -> onnx.ModelProto:
