@@ -579,11 +579,13 @@ def test_split_val_folder_wins():
     assert train == train_s and val == val_s and test == test_s
 
 
-def test_split_test_folder_alone_serves_as_validation():
+def test_split_test_folder_is_kept_apart_and_validation_is_carved_from_train():
     train_s = _samples({"a": 5, "b": 5}, "train")
     test_s = _samples({"a": 2, "b": 2}, "test")
-    train, val, test = split(train_s + test_s, seed=0)
-    assert train == train_s and val == test_s and test == []
+    train, val, test = split(train_s + test_s, val_fraction=0.2, seed=0)
+    assert test == test_s  # never turned into validation
+    assert [s.label for s in val].count("a") == 1 and [s.label for s in val].count("b") == 1
+    assert sorted(map(str, (s.path for s in train + val))) == sorted(str(s.path) for s in train_s)
 
 
 def test_split_scanned_train_val_layout_end_to_end(tmp_path):
