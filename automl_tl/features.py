@@ -140,13 +140,14 @@ class FeatureCache:
 
     def _compute(self, todo: list[Sample]) -> None:
         prep = self.spec.preprocessing
-        runner = self.runner(len(todo))
-        # At most 64 per batch: with 256 (what a quarter of 24 GB allows) one embedding
-        # process held 6 GB; the batch also delays the first commit to the store.
-        batch = pick_batch_size(prep.crop_size, self.batch_size, high=64, n_images=len(todo))
         pending: list[list[np.ndarray]] = []
         done = 0
+        # The bar opens first so that logs show it while an onnxruntime export is made.
         with self.console.progress("embed", len(todo)) as bar:
+            runner = self.runner(len(todo))
+            # At most 64 per batch: with 256 (what a quarter of 24 GB allows) one embedding
+            # process held 6 GB; the batch also delays the first commit to the store.
+            batch = pick_batch_size(prep.crop_size, self.batch_size, high=64, n_images=len(todo))
             for x in iter_batches([s.path for s in todo], prep, batch, loader=load_image):
                 pending.append(runner.run(x))
                 bar.update(len(x))

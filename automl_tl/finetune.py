@@ -319,13 +319,16 @@ class _Run:
         labels = torch.tensor([y for _, y in shard], dtype=torch.long)
         loss_sum, correct, pos = 0.0, 0.0, 0
         batch = self.config.batch_size
-        for arr in iter_batches([p for p, _ in shard], self.prep, batch):
-            x = torch.from_numpy(arr).to(self.device).contiguous(memory_format=torch.channels_last)
-            y = labels[pos : pos + len(arr)].to(self.device)
-            pos += len(arr)
-            logits = self.model(x).float()
-            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-            correct += float((logits.argmax(1) == y).sum())
+        with self.console.progress("validate", len(self.val_items)) as bar:
+            for arr in iter_batches([p for p, _ in shard], self.prep, batch):
+                x = torch.from_numpy(arr).to(self.device)
+                x = x.contiguous(memory_format=torch.channels_last)
+                y = labels[pos : pos + len(arr)].to(self.device)
+                pos += len(arr)
+                logits = self.model(x).float()
+                loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+                correct += float((logits.argmax(1) == y).sum())
+                bar.update(len(arr) * self.world)  # the other shards advance alike
         loss_sum, correct, n = _sum_across([loss_sum, correct, pos], self.device, self.world)
         return loss_sum / n, correct / n
 
