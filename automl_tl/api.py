@@ -18,7 +18,7 @@ from .analysis import Analysis, analyse
 from .backbone import FeatureExtractor, file_sha256
 from .cache import default_cache_dir
 from .console import Console
-from .data import audit, scan, split
+from .data import audit, scan, split, split_summary
 from .distributed import init_distributed
 from .embed import iter_batches
 from .errors import AutoTLError, NotFittedError
@@ -54,6 +54,7 @@ class AutoTransfer(BaseEstimator):
         max_analysis_images: images embedded for the profile (a stratified subset).
         finetune_epochs: epochs of the fine-tuning cases (3, 4).
         resume: continue an interrupted fine-tuning run in the same `out` folder.
+        overwrite: replace a finished run already in `out` (by default it is kept: error).
         val_fraction: share of each class held out for validation when the data has no val/.
         epochs, patience, lr, weight_decay: head training.
         batch_size: images per embedding batch (default: chosen from the available memory).
@@ -80,6 +81,7 @@ class AutoTransfer(BaseEstimator):
         max_analysis_images: int = 2000,
         finetune_epochs: int = 10,
         resume: bool = False,
+        overwrite: bool = False,
         val_fraction: float = 0.2,
         epochs: int = 100,
         patience: int = 10,
@@ -106,6 +108,7 @@ class AutoTransfer(BaseEstimator):
         self.max_analysis_images = max_analysis_images
         self.finetune_epochs = finetune_epochs
         self.resume = resume
+        self.overwrite = overwrite
         self.val_fraction = val_fraction
         self.epochs = epochs
         self.patience = patience
@@ -122,15 +125,23 @@ class AutoTransfer(BaseEstimator):
 
     # ----------------------------------------------------------------- fit
     def fit(self, data: str | os.PathLike) -> AutoTransfer:
-        """Scan, audit, split, analyse, plan, train, evaluate, export; returns self."""
+        """Scan, audit, split, analyse, plan, train, evaluate, export; returns self.
+
+        The run folder is locked for the whole fit; a finished run in it is kept unless
+        `overwrite` (replace it) or `resume` (continue it) is set."""
         t0 = time.perf_counter()
         rank, size = init_distributed()  # (0, 1) unless launched by torchrun
         if size > 1 and self.out is None:
             raise AutoTLError("under torchrun pass --out DIR so every process uses one run folder")
+        run = RunFolder(self.out if self.out is not None else default_run_dir(data))
+        # Under torchrun the ranks share rank 0's folder: rank 0 alone holds the lock.
+        with run.claim(self.overwrite, self.resume, lock=rank == 0):
+            return self._fit(data, run, rank, t0)
+
+    def _fit(self, data, run: RunFolder, rank: int, t0: float) -> AutoTransfer:
         console = Console(quiet=self.quiet) if rank == 0 else Console(True, io.StringIO())
         plugins = get_plugins()
         spec = plugins.backbone(self.backbone)
-        run = RunFolder(self.out if self.out is not None else default_run_dir(data))
         report = audit(scan(data, exclude=(run.path,)), console, self.strict, memo=self._memo())
         train, val, test = split(report.samples, self.val_fraction, self.seed)
         self.classes_, self.audit_, self.spec_ = report.classes, report, spec
@@ -152,6 +163,8 @@ class AutoTransfer(BaseEstimator):
         self.cache_stats_ = {**features.stats.to_dict(), "backend": ops.backend()}
         self.metrics_ = self._metrics(result, preds, parts, time.perf_counter() - t0)
         self.metrics_["feature_cache"] = self.cache_stats_
+        # which split chose the model, and what the test number means (leakage left out)
+        self.metrics_["split"] = split_summary(report, parts, self.val_fraction, self.seed)
         self.onnx_path_ = run.file("model.onnx")
         if rank != 0:  # under torchrun, rank 0 alone exports and writes the run folder
             self.export_check_ = {}
@@ -265,6 +278,11 @@ class AutoTransfer(BaseEstimator):
         from .finetune import FinetuneConfig
 
         train, val, test = parts
+        if not self.resume and run.file("checkpoints").is_dir():
+            console.note(
+                f"'{run.path}' holds the checkpoints of an interrupted run; fine-tuning from "
+                "the start (add --resume to continue it)"
+            )
         task = ImageTask(
             backbone=self.spec_,
             train_items=[(s.path, i) for s, i in zip(train, self._labels(train), strict=True)],

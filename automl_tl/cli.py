@@ -68,6 +68,9 @@ def _fit_options(func):
         click.option("--time-budget", type=float, help="Seconds; may demote fine-tuning."),
         click.option("--finetune-epochs", default=10, show_default=True),
         click.option("--resume", is_flag=True, help="Continue an interrupted run in --out."),
+        click.option(
+            "--overwrite", is_flag=True, help="Replace a finished run in --out (kept otherwise)."
+        ),
         click.option("--epochs", default=100, show_default=True, help="Max head epochs."),
         click.option("--val-fraction", default=0.2, show_default=True),
         click.option(
@@ -129,16 +132,29 @@ def _run_fit(data, as_json, quiet, **options):
         "feature_cache": model.metrics_.get("feature_cache"),
         "report": str(getattr(model, "report_path_", "")),
     }
-    if "test" in model.metrics_:
-        summary["test_accuracy"] = model.metrics_["test"]["accuracy"]
+    test, parts = model.metrics_.get("test"), model.metrics_.get("split") or {}
+    if test:
+        summary["test_accuracy"] = test["accuracy"]
+        summary["test_balanced_accuracy"] = test["balanced_accuracy"]
+    summary["split"] = parts
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
     chk = model.export_check_
+    # the test line stands apart: that split chose nothing (see data.split_summary)
+    test_line = (
+        f"test accuracy {test['accuracy']:.4f}, balanced {test['balanced_accuracy']:.4f} on "
+        f"{test['n']} images (held out, evaluated once after the model was chosen)\n"
+        if test
+        else ""
+    )
+    leaks = "".join(f"leakage: {m}\n" for m in parts.get("leakage_messages") or [])
+    source = parts.get("validation_source")
     click.echo(
         f"case {summary['case']} ({summary['strategy']} on {summary['backbone']}): "
         "validation accuracy "
-        f"{val['accuracy']:.4f}, balanced {val['balanced_accuracy']:.4f} on {val['n']} images\n"
+        f"{val['accuracy']:.4f}, balanced {val['balanced_accuracy']:.4f} on {val['n']} images"
+        f"{f' ({source}; chose the model)' if source else ''}\n{test_line}{leaks}"
         f"export check: onnxruntime vs torch on {chk['n_images']} held-out images, "
         f"max |logit diff| {chk['max_abs_diff']:.1e}, top-1 agreement {chk['top1_agreement']:.0%}\n"
         f"{summary['images_used']} images used, {summary['files_skipped']} files skipped "

@@ -7,7 +7,8 @@ The `data` dict (every key optional; missing or None parts are shown as "not rec
 
 - "title", "created" (str), "data_path" (str), "backbone" (str)
 - "audit": `AuditReport.to_dict()`: files_scanned, usable, classes, per_class {class: n},
-  left_out_classes, problems [{path, reason}], conversions {"P->RGB": n}
+  left_out_classes, problems [{path, reason}], conversions {"P->RGB": n}, layout {messages
+  [{level, text}]}
 - "plan": `Plan.to_dict()`: case, case_description, strategy, cut, reasons [str],
   expected_accuracy {low, high, probe_accuracy, basis}
 - "profile": `DatasetProfile` as a dict (default: plan["profile"]): images, train_images,
@@ -15,7 +16,8 @@ The `data` dict (every key optional; missing or None parts are shown as "not rec
   median_score, bank_median_score, share_below_bank_q05, bank}, source_classifier
   {mean_max_softmax, median_neg_energy, ...}, bn_drift {stage: drift}, probes {stage: acc},
   probe_n
-- "metrics": what api.py writes to metrics.json: validation and optional test
+- "metrics": what api.py writes to metrics.json: split {train, validation, test,
+  validation_source, model_chosen_on, leakage_messages [str]}, validation and optional test
   {n, accuracy, balanced_accuracy, per_class {class: {precision, recall, f1, support}},
   confusion_matrix (rows true, columns predicted)}, history [{epoch, train_loss, train_acc,
   val_loss, val_acc}], best_epoch, fit_seconds, notes [str], optional train_accuracy and
@@ -166,12 +168,29 @@ def _header(data: dict, plan: dict, metrics: dict) -> str:
             f"<p>Feature cache: {_e(cache.get('hits', 0))} hits, {_e(cache.get('computed', 0))}"
         )
         extra += f" computed ({_e(cache.get('backend', '?'))})</p>"
+    extra += _splits(_dict(metrics.get("split")), val, test)
     notes = [n for n in metrics.get("notes") or [] if n]
     extra += "<ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>" if notes else ""
     return (
         f'<header id="summary"><h1>{_e(data.get("title") or "automl-tl run report")}</h1>'
         f'<p class="sub">{" · ".join(facts)}</p><div class="kpis">{cards}</div>{extra}</header>'
     )
+
+
+def _splits(split: dict, val: dict, test: dict) -> str:
+    """Which split chose the model, test beside it, and what leaked between the splits."""
+    if not split:
+        return ""
+    text = f"<p>The model was chosen on the <b>validation</b> split (n={_e(val.get('n', '–'))}, "
+    text += f"{_e(split.get('validation_source', ''))})"
+    if test:
+        text += f"; the <b>test</b> split (n={_e(test.get('n', '–'))}) was held out and "
+        text += f"evaluated once at the end: accuracy {_pct(test.get('accuracy'))}, balanced "
+        text += f"{_pct(test.get('balanced_accuracy'))} (validation {_pct(val.get('accuracy'))})"
+    text += ".</p>"
+    leaks = split.get("leakage_messages") or []
+    text += "".join(f'<p class="warn">Leakage: {_e(m)}.</p>' for m in leaks)
+    return text
 
 
 def _audit(audit: dict) -> str:
@@ -183,6 +202,9 @@ def _audit(audit: dict) -> str:
     body += f"{_e(audit.get('usable', '–'))}</b> usable in {len(per_class)} classes.</p>"
     rows = [[_e(c), f"{_bar(n / top if _ok(n) else 0)}{_e(n)}"] for c, n in per_class.items()]
     body += _table(["class", "usable images"], rows, numeric=(1,))
+    for m in _dict(audit.get("layout")).get("messages") or []:  # how the folders were read
+        warn = _dict(m).get("level") == "warning"
+        body += f"<p{' class=warn' if warn else ''}>{_e(_dict(m).get('text', ''))}</p>"
     if audit.get("left_out_classes"):
         names = ", ".join(_e(c) for c in audit["left_out_classes"])
         body += f'<p class="warn">Left out (empty or all files unusable): {names}</p>'
