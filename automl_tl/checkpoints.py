@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from .errors import AutoTLError
-from .report import publish
+from .report import write_atomic
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -31,17 +31,12 @@ class CheckpointError(AutoTLError):
 
 
 def write_checkpoint(path: Path, payload: dict) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then atomic rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        publish(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """torch.save in memory first (so a full disk can say how much it needs), then a
+    temporary file in the same folder, fsync and atomic rename; nothing is left on failure."""
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    fix = "free some space there or pass --out to a folder on another filesystem"
+    write_atomic(path, buf.getbuffer(), fsync=True, fix=fix)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
+from pathlib import Path
+
 __all__ = [
     "AutoTLError",
     "DataError",
@@ -9,6 +14,9 @@ __all__ = [
     "NotFittedError",
     "ExportError",
     "OutputError",
+    "DiskFullError",
+    "is_disk_full",
+    "size_text",
 ]
 
 
@@ -34,3 +42,49 @@ class ExportError(AutoTLError):
 
 class OutputError(AutoTLError):
     """The output folder cannot be created or written."""
+
+
+class DiskFullError(OutputError):
+    """A file could not be written because its filesystem is full (or a quota is used up).
+
+    Attributes: `path` (the file), `needed` (bytes it needs, None when unknown), `free`."""
+
+    def __init__(self, path: str | os.PathLike, needed: int | None = None, fix: str = ""):
+        self.path, self.needed = Path(path), needed
+        self.free = _free_bytes(self.path)
+        need = f"needs {size_text(needed)}" if needed else "needs more space"
+        free = f", {size_text(self.free)} free there" if self.free is not None else ""
+        fix = fix or "free some space on that filesystem or write to another folder"
+        super().__init__(f"no space left on device writing '{self.path}' ({need}{free}); {fix}")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for the errors a full filesystem raises: ENOSPC/EDQUOT, SQLite's SQLITE_FULL."""
+    if isinstance(exc, DiskFullError):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return getattr(exc, "sqlite_errorcode", None) == 13  # SQLITE_FULL (sqlite3 not imported)
+
+
+def size_text(n: int | None) -> str:
+    """Bytes for people: 512 B, 3.4 kB, 12.0 MB, 1.50 GB."""
+    if n is None:
+        return "?"
+    if n < 1000:
+        return f"{n} B"
+    for unit, scale in (("kB", 1e3), ("MB", 1e6), ("GB", 1e9)):
+        if n < scale * 1000 or unit == "GB":
+            return f"{n / scale:.{2 if unit == 'GB' else 1}f} {unit}"
+    return f"{n} B"  # pragma: no cover
+
+
+def _free_bytes(path: Path) -> int | None:
+    """Space available to this user on the filesystem holding `path` (its nearest existing
+    parent), None when it cannot be read."""
+    for folder in (path, *path.parents):
+        try:
+            return shutil.disk_usage(folder).free
+        except OSError:
+            continue
+    return None

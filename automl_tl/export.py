@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -15,8 +13,8 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from .errors import ExportError, OutputError
-from .report import publish
+from .errors import ExportError
+from .report import write_atomic
 
 __all__ = [
     "ExportModel",
@@ -53,28 +51,20 @@ def export_onnx(model: ExportModel, path: Path, crop_size: int, metadata: dict) 
     path = Path(path)
     model = copy_to_cpu_eval(model)
     dummy = torch.rand(2, 3, crop_size, crop_size)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx.part", dir=path.parent)
-    os.close(fd)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model,
-                (dummy,),
-                tmp,
-                dynamo=False,
-                opset_version=17,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            )
-        proto = onnx.load(tmp)
-    except OSError as e:
-        raise OutputError(f"cannot write '{path}': {e.strerror or e}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return _save_with_metadata(proto, path, metadata)
+    buf = io.BytesIO()  # traced in memory: only the finished file touches the disk
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (dummy,),
+            buf,
+            dynamo=False,
+            opset_version=17,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )
+    return _save_with_metadata(onnx.load_from_string(buf.getvalue()), path, metadata)
 
 
 def _head_graph(head: nn.Module, width: int) -> onnx.ModelProto:
@@ -121,17 +111,8 @@ def _save_with_metadata(proto: onnx.ModelProto, path: Path, metadata: dict) -> P
         entry.key = META_PREFIX + key
         entry.value = value if isinstance(value, str) else json.dumps(value)
     onnx.checker.check_model(proto)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx.part", dir=path.parent)
-    os.close(fd)
-    try:
-        onnx.save(proto, tmp)
-        publish(tmp, path)
-    except OSError as e:
-        raise OutputError(f"cannot write '{path}': {e.strerror or e}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    fix = "free some space there or write the model to another filesystem"
+    return write_atomic(path, proto.SerializeToString(), fix=fix)
 
 
 def copy_to_cpu_eval(model: nn.Module) -> nn.Module:

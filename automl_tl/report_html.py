@@ -37,16 +37,14 @@ import io
 import math
 import numbers
 import os
-import tempfile
 from html import escape
 from pathlib import Path
 
 from PIL import Image
 
 from . import __version__
-from .errors import OutputError
 from .preprocess import load_rgb
-from .report import publish
+from .report import write_atomic
 
 __all__ = ["render_report", "write_report", "thumbnail_data_uri", "misclassified", "REPORT_NAME"]
 
@@ -443,14 +441,8 @@ def write_report(folder: str | os.PathLike, data: dict) -> Path:
     """Render and write `folder/report.html` atomically (temporary file + rename)."""
     target = Path(folder) / REPORT_NAME
     text = render_report(data)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{REPORT_NAME}.", dir=target.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        publish(tmp, target)
-    except OSError as e:
-        raise OutputError(f"cannot write '{target}': {e.strerror or e}") from None
-    return target
+    fix = "free some space there or pass --out to a folder on another filesystem"
+    return write_atomic(target, text.encode("utf-8"), fix=fix)
 
 
 def thumbnail_data_uri(path: str | os.PathLike, size: int = 128) -> str:
