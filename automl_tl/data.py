@@ -370,9 +370,11 @@ def scan(path: str | os.PathLike, exclude: tuple[str | os.PathLike, ...] = ()) -
                 "<split>/<class>/<images> or pass a CSV of path,label rows"
             )
         if split_dirs:
+            one = len(split_dirs) == 1
             lay.note(
-                f"layout: {_names(split_dirs)} in '{root}' hold images directly, so they are "
-                "read as classes, not as splits"
+                f"layout: {_names(split_dirs)} in '{root}' {'holds' if one else 'hold'} images "
+                f"directly, so {'it is' if one else 'they are'} read as "
+                f"{'a class' if one else 'classes'}, not as a split"
             )
         _nested_check(root, subs, skip, lay)
         samples, found = _scan_class_tree(root, None, skip)
