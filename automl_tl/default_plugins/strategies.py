@@ -1,16 +1,23 @@
-"""Built-in strategies, registered through the same hook as third-party ones."""
+"""Built-in strategies, registered through the same hook as third-party ones.
+
+Training code (torch) is imported when a strategy runs, so importing this module is cheap."""
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from typing import TYPE_CHECKING
 
 from ..hookspecs import hookimpl
-from ..strategy import HeadTask, ImageTask, StrategySpec
-from ..train import TrainResult, train_head
+
+if TYPE_CHECKING:
+    from ..strategy import HeadTask, ImageTask
+    from ..train import TrainResult
 
 
 def _linear_head(task: HeadTask) -> TrainResult:
+    from ..train import train_head
+
     return train_head(  # batches gathered from the stored rows by the compiled op
         task.rows_train if task.rows_train is not None else task.x_train,
         task.y_train,
@@ -88,6 +95,8 @@ def _finetune_or_scratch(task: ImageTask):
 @hookimpl
 def register_strategies(register):
     """Register the built-in cases 1-4."""
+    from ..strategy import StrategySpec
+
     register(
         StrategySpec(
             name="linear_head",

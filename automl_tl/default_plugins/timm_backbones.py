@@ -1,24 +1,27 @@
 """timm backbones (optional: `pip install automl-tl[timm]`), offline unless allowed.
 
-Preprocessing comes from timm's `pretrained_cfg`; weights from `--weights PATH`, the
-Hugging Face hub cache, or a download through timm when the user allows it. Stage tables
-are declared here (building every model at start-up would be slow) and verified against
-real shapes by the backbone contract test.
+Preprocessing is timm's `pretrained_cfg`, declared in `_CFG` because importing timm costs
+seconds at every start (tests/test_cli_speed.py checks it against the installed timm);
+weights come from `--weights PATH`, the Hugging Face hub cache, or a download through timm
+when the user allows it. Stage tables are declared here (building every model at start-up
+would be slow) and verified against real shapes by the backbone contract test. timm itself
+is imported only by `build()`.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ..backbone import BackboneSpec, Stage, load_state_dict_file
 from ..errors import BackboneError
 from ..hookspecs import hookimpl
-from ..preprocess import Preprocessing
 from ..weights import download_allowed
+
+if TYPE_CHECKING:  # numpy and PIL come with it: imported when a spec is made
+    from ..preprocess import Preprocessing
 
 # timm model name -> stages (feature_info entries, then the final features).
 _MODELS = {
@@ -52,43 +55,29 @@ _MODELS = {
         ("head", 384, 16),
     ),
 }
+# timm model name -> its pretrained_cfg: (crop, crop_pct, interpolation, mean, std, hf_hub_id).
+_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+_CFG = {
+    "resnet18.a1_in1k": (224, 0.95, "bicubic", *_IMAGENET, "timm/resnet18.a1_in1k"),
+    "efficientnet_b0.ra_in1k": (224, 0.875, "bicubic", *_IMAGENET, "timm/efficientnet_b0.ra_in1k"),
+    "convnext_nano.in12k_ft_in1k": (
+        224,
+        0.95,
+        "bicubic",
+        *_IMAGENET,
+        "timm/convnext_nano.in12k_ft_in1k",
+    ),
+    "vit_small_patch16_224.augreg_in21k_ft_in1k": (
+        224,
+        0.9,
+        "bicubic",
+        (0.5, 0.5, 0.5),
+        (0.5, 0.5, 0.5),
+        "timm/vit_small_patch16_224.augreg_in21k_ft_in1k",
+    ),
+}
 # ViT: intermediate stages are taken after these blocks (timm feature_info indices).
 _VIT_BLOCKS = {"vit_small_patch16_224.augreg_in21k_ft_in1k": (2, 5, 8)}
-
-
-class _TimmStages(nn.Module):
-    """forward_stages over timm's forward_intermediates; the last stage is the final
-    feature map (CNNs) or the pre-logits token as a 1x1 map (ViT)."""
-
-    def __init__(self, model: nn.Module, indices: list[int], is_vit: bool):
-        super().__init__()
-        self.model, self.indices, self.is_vit = model, indices, is_vit
-        self.classifier = model.get_classifier() if is_vit else _PooledHead(model)
-
-    def forward_stages(self, x: torch.Tensor, upto: int) -> list[torch.Tensor]:
-        if upto < len(self.indices):
-            wanted = self.indices[: upto + 1]
-            return list(
-                self.model.forward_intermediates(
-                    x, indices=wanted, intermediates_only=True, stop_early=True
-                )
-            )
-        final, maps = self.model.forward_intermediates(x, indices=self.indices)
-        if self.is_vit:
-            final = self.model.forward_head(final, pre_logits=True)[:, :, None, None]
-        return list(maps) + [final]
-
-
-class _PooledHead(nn.Module):
-    """The source classifier over pooled features: timm's head applied to a 1x1 map
-    (its global pooling is then the identity)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(pooled[:, :, None, None])
 
 
 def _hub_cached(hf_hub_id: str | None) -> Path | None:
@@ -104,31 +93,39 @@ def _hub_cached(hf_hub_id: str | None) -> Path | None:
     return found[-1] if found else None
 
 
-def _make_spec(timm_name: str, stages: tuple) -> BackboneSpec:
-    import timm
+def _preprocessing(crop, crop_pct, interpolation, mean, std) -> Preprocessing:
+    from ..preprocess import Preprocessing
 
-    cfg = timm.models.get_pretrained_cfg(timm_name)
-    name = "timm/" + timm_name
-    crop = cfg.input_size[-1]
-    interpolation = (
-        cfg.interpolation if cfg.interpolation in ("bilinear", "bicubic") else ("bilinear")
-    )
-    prep = Preprocessing(
+    return Preprocessing(
         crop_size=crop,
-        resize_size=round(crop / cfg.crop_pct),
-        interpolation=interpolation,
-        mean=tuple(cfg.mean),
-        std=tuple(cfg.std),
+        resize_size=round(crop / crop_pct),
+        interpolation=interpolation if interpolation in ("bilinear", "bicubic") else "bilinear",
+        mean=tuple(mean),
+        std=tuple(std),
     )
+
+
+def cfg_preprocessing(cfg) -> Preprocessing:
+    """Preprocessing from a timm pretrained_cfg (what `_CFG` must agree with)."""
+    return _preprocessing(cfg.input_size[-1], cfg.crop_pct, cfg.interpolation, cfg.mean, cfg.std)
+
+
+def _make_spec(timm_name: str, stages: tuple) -> BackboneSpec:
+    *geometry, hf_hub_id = _CFG[timm_name]
+    name = "timm/" + timm_name
     is_vit = timm_name.startswith("vit_")
     indices = list(_VIT_BLOCKS.get(timm_name, range(len(stages) - 1)))
 
-    def build(weights=None, pretrained=True, allow_download=False) -> nn.Module:
-        path = Path(weights) if weights else (_hub_cached(cfg.hf_hub_id) if pretrained else None)
+    def build(weights=None, pretrained=True, allow_download=False):
+        import timm
+
+        from ._timm_nets import TimmStages
+
+        path = Path(weights) if weights else (_hub_cached(hf_hub_id) if pretrained else None)
         if pretrained and path is None:
             if not download_allowed(allow_download):
                 raise BackboneError(
-                    f"no weights for {name}: expected model.safetensors of {cfg.hf_hub_id} in "
+                    f"no weights for {name}: expected model.safetensors of {hf_hub_id} in "
                     "the Hugging Face cache; pass --weights PATH or --allow-download when online"
                 )
             model = timm.create_model(timm_name, pretrained=True)
@@ -141,25 +138,23 @@ def _make_spec(timm_name: str, stages: tuple) -> BackboneSpec:
                     raise BackboneError(
                         f"weights file '{path}' does not match {name}: {str(e).splitlines()[0]}"
                     ) from None
-        return _TimmStages(model.eval(), indices, is_vit).eval()
+        return TimmStages(model.eval(), indices, is_vit).eval()
 
     return BackboneSpec(
         name=name,
         build=build,
         stages=tuple(Stage(*s) for s in stages),
-        preprocessing=prep,
+        preprocessing=_preprocessing(*geometry),
         source_domain="imagenet-1k",
-        weights_path=lambda: _hub_cached(cfg.hf_hub_id),
+        weights_path=lambda: _hub_cached(hf_hub_id),
         description=f"timm {timm_name}",
     )
 
 
 @hookimpl
 def register_backbones(register):
-    """Register the curated timm backbones when timm is installed."""
-    try:
-        import timm  # noqa: F401
-    except ImportError:
+    """Register the curated timm backbones when timm is installed (without importing it)."""
+    if importlib.util.find_spec("timm") is None:
         return
     for timm_name, stages in _MODELS.items():
         register(_make_spec(timm_name, stages))

@@ -1,26 +1,28 @@
 """torchvision ImageNet-1k backbones: ResNet-18/50, MobileNetV3-Large, EfficientNet-B0,
 ConvNeXt-Tiny and ViT-B/16.
 
-Preprocessing and the weight file name come from torchvision's weights API; the weights
-themselves are found by `automl_tl.weights.find_weights` (a user's file, the torch hub cache,
-or a download only when allowed). Importing this module is cheap: torchvision is imported
-when the plugin registers, and a network is built only by `build()`.
+Preprocessing and the weight file name are those of torchvision's weights API (DEFAULT
+weights), declared below because importing torchvision.models costs seconds (it imports
+torch._dynamo); tests/test_cli_speed.py checks the declaration against the installed
+torchvision. The weights themselves are found by `automl_tl.weights.find_weights` (a user's
+file, the torch hub cache, or a download only when allowed). Neither importing this module
+nor registering imports torch or torchvision; a network is built only by `build()`.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
-
-import torch
-from torch import nn
 
 from ..backbone import BackboneSpec, Stage, load_state_dict_file
 from ..errors import BackboneError
 from ..hookspecs import hookimpl
-from ..preprocess import Preprocessing
 from ..weights import find_weights, hub_checkpoint
+
+if TYPE_CHECKING:  # numpy and PIL come with it: imported when a spec is made
+    from ..preprocess import Preprocessing
 
 __all__ = ["TORCHVISION_BACKBONES", "register_backbones"]
 
@@ -86,87 +88,63 @@ _TABLE = {
 }
 TORCHVISION_BACKBONES = tuple(_TABLE)
 
-
-class _Wrapper(nn.Module):
-    """Holds the torchvision model (`model`) and its source classifier (`classifier`)."""
-
-    def __init__(self, model: nn.Module, ends: tuple[int, ...], classifier: nn.Module):
-        super().__init__()
-        self.model = model
-        self.ends = ends
-        self.classifier = classifier
-
-
-class _ResNetStages(_Wrapper):
-    def forward_stages(self, x: torch.Tensor, upto: int) -> list[torch.Tensor]:
-        m = self.model
-        x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
-        maps = [x]
-        for layer in (m.layer1, m.layer2, m.layer3, m.layer4)[:upto]:
-            x = layer(x)
-            maps.append(x)
-        return maps
-
-
-class _FeatureStages(_Wrapper):
-    """`model.features` children run in groups; each group's output is a stage."""
-
-    def forward_stages(self, x: torch.Tensor, upto: int) -> list[torch.Tensor]:
-        maps, start = [], 0
-        for end in self.ends[: upto + 1]:
-            for i in range(start, end):
-                x = self.model.features[i](x)
-            maps.append(x)
-            start = end
-        return maps
-
-
-class _ViTStages(_Wrapper):
-    """Encoder depths as stages: patch tokens as (N, C, H, W); the last is the class token
-    after the final LayerNorm as (N, C, 1, 1), the torchvision head's input."""
-
-    def forward_stages(self, x: torch.Tensor, upto: int) -> list[torch.Tensor]:
-        m = self.model
-        x = m._process_input(x)
-        n = x.shape[0]
-        x = torch.cat([m.class_token.expand(n, -1, -1), x], dim=1)
-        x = m.encoder.dropout(x + m.encoder.pos_embedding)
-        grid = m.image_size // m.patch_size
-        maps, start = [], 0
-        for k, end in enumerate(self.ends[: upto + 1]):
-            for i in range(start, end):
-                x = m.encoder.layers[i](x)
-            start = end
-            if k == len(self.ends) - 1:
-                maps.append(m.encoder.ln(x)[:, 0, :, None, None])
-            else:
-                maps.append(x[:, 1:].transpose(1, 2).reshape(n, x.shape[-1], grid, grid))
-        return maps
+# name -> what torchvision's DEFAULT weights say: (str(weights), url, crop, resize,
+# interpolation, ImageNet-1k acc@1); mean and std are ImageNet's for all of them.
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+_HUB = "https://download.pytorch.org/models/"
+_DEFAULTS = {
+    "resnet18": (
+        "ResNet18_Weights.IMAGENET1K_V1",
+        _HUB + "resnet18-f37072fd.pth",
+        224,
+        256,
+        "bilinear",
+        69.758,
+    ),
+    "resnet50": (
+        "ResNet50_Weights.IMAGENET1K_V2",
+        _HUB + "resnet50-11ad3fa6.pth",
+        224,
+        232,
+        "bilinear",
+        80.858,
+    ),
+    "mobilenet_v3_large": (
+        "MobileNet_V3_Large_Weights.IMAGENET1K_V2",
+        _HUB + "mobilenet_v3_large-5c1a4163.pth",
+        224,
+        232,
+        "bilinear",
+        75.274,
+    ),
+    "efficientnet_b0": (
+        "EfficientNet_B0_Weights.IMAGENET1K_V1",
+        _HUB + "efficientnet_b0_rwightman-7f5810bc.pth",
+        224,
+        256,
+        "bicubic",
+        77.692,
+    ),
+    "convnext_tiny": (
+        "ConvNeXt_Tiny_Weights.IMAGENET1K_V1",
+        _HUB + "convnext_tiny-983f1562.pth",
+        224,
+        236,
+        "bilinear",
+        82.52,
+    ),
+    "vit_b_16": (
+        "ViT_B_16_Weights.IMAGENET1K_V1",
+        _HUB + "vit_b_16-c867db91.pth",
+        224,
+        256,
+        "bilinear",
+        81.072,
+    ),
+}
 
 
-class _PooledHead(nn.Module):
-    """Runs a head written for (N, C, 1, 1) maps (ConvNeXt: LayerNorm2d, Flatten, Linear)
-    on pooled (N, C) features."""
-
-    def __init__(self, head: nn.Module):
-        super().__init__()
-        self.head = head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(x[:, :, None, None])
-
-
-def _wrap(family: str, model: nn.Module, ends: tuple[int, ...]) -> nn.Module:
-    if family == "resnet":
-        return _ResNetStages(model, ends, model.fc)
-    if family == "features":
-        return _FeatureStages(model, ends, model.classifier)
-    if family == "convnext":
-        return _FeatureStages(model, ends, _PooledHead(model.classifier))
-    return _ViTStages(model, ends, model.heads)
-
-
-def _load_strict(model: nn.Module, path: Path, name: str) -> None:
+def _load_strict(model, path: Path, name: str) -> None:
     """Load a state dict file into `model`; any key or shape mismatch is one error line."""
     state = load_state_dict_file(path)
     own = model.state_dict()
@@ -184,6 +162,9 @@ def _load_strict(model: nn.Module, path: Path, name: str) -> None:
 
 
 def _preprocessing(weights) -> Preprocessing:
+    """Preprocessing from a torchvision weights enum (what `_DEFAULTS` must agree with)."""
+    from ..preprocess import Preprocessing
+
     t = weights.transforms()
     interpolation = t.interpolation.value
     if interpolation not in ("bilinear", "bicubic", "nearest"):
@@ -198,11 +179,8 @@ def _preprocessing(weights) -> Preprocessing:
 
 
 def _make_spec(name: str) -> BackboneSpec:
-    from torchvision.models import get_model_weights
-
     family, table = _TABLE[name]
-    default = get_model_weights(name).DEFAULT
-    url = default.url
+    label, url, crop, resize, interpolation, acc = _DEFAULTS[name]
     filename = os.path.basename(urlparse(url).path)  # what torch.hub caches it as
     ends = tuple(end for _, end, _, _ in table)
 
@@ -214,27 +192,36 @@ def _make_spec(name: str) -> BackboneSpec:
         weights: str | os.PathLike | None = None,
         pretrained: bool = True,
         allow_download: bool = False,
-    ) -> nn.Module:
+    ):
         path = None
         if weights or pretrained:  # find the file before paying for the network
             path = find_weights(name, filename, url, weights, allow_download)
         from torchvision.models import get_model
 
+        from ._torchvision_nets import wrap
+
         model = get_model(name, weights=None)
         if path is not None:
             _load_strict(model, path, name)
-        return _wrap(family, model, ends).eval()
+        return wrap(family, model, ends).eval()
 
-    acc = default.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1")
-    score = f", {acc:.1f}% top-1" if acc is not None else ""
+    from ..preprocess import Preprocessing
+
+    prep = Preprocessing(
+        crop_size=crop,
+        resize_size=resize,
+        interpolation=interpolation,
+        mean=_IMAGENET_MEAN,
+        std=_IMAGENET_STD,
+    )
     return BackboneSpec(
         name=name,
         build=build,
         stages=tuple(Stage(n, width, stride) for n, _, width, stride in table),
-        preprocessing=_preprocessing(default),
+        preprocessing=prep,
         source_domain="imagenet-1k",
         weights_path=cached,
-        description=f"torchvision {name} ({default}, ImageNet-1k{score})",
+        description=f"torchvision {name} ({label}, ImageNet-1k, {acc:.1f}% top-1)",
     )
 
 
