@@ -40,6 +40,7 @@ from .cache_format import (
     flock,
     fsync_dir,
     is_shard_name,
+    layout,
     map_shard,
     open_index,
     shard_path,
@@ -47,6 +48,7 @@ from .cache_format import (
     write_shard,
 )
 from .console import Console
+from .errors import CACHE_FULL_FIX, DiskFullError, is_disk_full
 
 if TYPE_CHECKING:  # torch loads lazily: `automl-tl cache info` must not pay for it
     import torch
@@ -173,9 +175,9 @@ class FeatureStore:
             self._maps.clear()
 
     # ---------------------------------------------------------------- spaces
-    def space_id(self, description: dict, dtype: str = "fp16") -> str:
+    def space_id(self, description: dict, dtype: str = "fp16", register: bool = True) -> str:
         """Stable id of a feature space (backbone, weights, preprocessing, ...) and storage dtype;
-        registers the description so `info` can show it."""
+        registers the description so `info` can show it (unless `register` is False)."""
         if dtype not in DTYPES:
             raise CacheError(f"unknown feature storage dtype {dtype!r}; use 'fp16' or 'int8'")
         if not isinstance(description, dict) or not description:
@@ -194,13 +196,19 @@ class FeatureStore:
             ) from None
         key = json.dumps([text, dtype], separators=(",", ":")).encode()
         sid = hashlib.blake2b(key, digest_size=10).hexdigest()
-        if sid in self._spaces:  # registered by this object already (put re-registers anyway)
+        if sid in self._spaces or not register:  # registered by this object already
             return sid
-        self._spaces[sid] = (text, dtype)
-        with self._lock, transaction(self._db()) as db:
-            db.execute(
-                "INSERT OR IGNORE INTO spaces VALUES (?, ?, ?, ?)", (sid, dtype, text, time.time())
-            )
+        try:
+            with self._lock, transaction(self._db()) as db:
+                db.execute(
+                    "INSERT OR IGNORE INTO spaces VALUES (?, ?, ?, ?)",
+                    (sid, dtype, text, time.time()),
+                )
+        except sqlite3.Error as e:
+            if is_disk_full(e):
+                raise DiskFullError(self.dir / "index.sqlite", None, CACHE_FULL_FIX) from None
+            raise
+        self._spaces[sid] = (text, dtype)  # only once registered: put() relies on it
         return sid
 
     def _space(self, space: str) -> tuple[str, str] | None:
@@ -404,9 +412,13 @@ class FeatureStore:
                 committed = True
             self._verified.update(r[2].name for r in records)  # written and checksummed here
             return written
-        except BaseException:
+        except BaseException as e:
             for path in [] if committed else files:  # a SIGKILL skips this; verify cleans up
                 path.unlink(missing_ok=True)
+            if is_disk_full(e) and not committed:
+                needed = sum(layout(dtype, *q.shape)[1] for _, _, q, _ in todo)
+                target = files[-1] if files else self.shard_dir
+                raise DiskFullError(target, needed, CACHE_FULL_FIX) from None
             raise
 
     def _check_width(self, space: str, stage: str, width: int) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import AutoTLError
+from .errors import CACHE_FULL_FIX, AutoTLError, DiskFullError, is_disk_full
 
 __all__ = [
     "BadShard",
@@ -201,6 +201,8 @@ def open_index(folder: Path) -> sqlite3.Connection:
             check_same_thread=False,
         )  # fmt: skip
     except (OSError, sqlite3.Error) as e:
+        if is_disk_full(e):
+            raise DiskFullError(folder / "index.sqlite", None, CACHE_FULL_FIX) from None
         raise CacheError(
             f"cannot open the feature cache at {folder}: {e}; "
             "pass --cache-dir or set AUTOML_TL_CACHE_DIR to a writable folder"
@@ -210,6 +212,9 @@ def open_index(folder: Path) -> sqlite3.Connection:
         try:
             return _setup(db, folder)
         except sqlite3.OperationalError as e:  # a concurrent first open holds the lock
+            if is_disk_full(e):
+                db.close()
+                raise DiskFullError(folder / "index.sqlite", None, CACHE_FULL_FIX) from None
             if "locked" not in str(e) or time.monotonic() > deadline:
                 raise CacheError(f"cannot open the index of {folder}: {e}") from None
             time.sleep(0.02)

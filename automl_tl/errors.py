@@ -16,6 +16,8 @@ __all__ = [
     "OutputError",
     "DiskFullError",
     "is_disk_full",
+    "CACHE_FULL_FIX",
+    "cache_full_warning",
     "size_text",
 ]
 
@@ -56,6 +58,16 @@ class DiskFullError(OutputError):
         free = f", {size_text(self.free)} free there" if self.free is not None else ""
         fix = fix or "free some space on that filesystem or write to another folder"
         super().__init__(f"no space left on device writing '{self.path}' ({need}{free}); {fix}")
+
+
+CACHE_FULL_FIX = (
+    "free some space there, or pass --cache-dir / set AUTOML_TL_CACHE_DIR to another filesystem"
+)
+
+
+def cache_full_warning(error: DiskFullError) -> str:
+    """The one warning of a run whose feature cache is full (the run itself goes on)."""
+    return f"feature cache full, this run goes on without caching (kept in memory): {error}"
 
 
 def is_disk_full(exc: BaseException) -> bool:

@@ -14,6 +14,7 @@ import PIL
 import torch
 import torchvision
 
+from . import ops
 from .backbone import BackboneSpec, FeatureExtractor, file_sha256
 from .cache import FeatureStore, StoredRows
 from .console import Console
@@ -21,6 +22,7 @@ from .data import Sample
 from .decode import load_image
 from .distributed import world
 from .embed import iter_batches
+from .errors import DiskFullError, cache_full_warning
 from .memo import Memo
 from .runtime import _read_sidecar, extractor_key, make_runner, pick_batch_size, pick_engine
 
@@ -40,9 +42,30 @@ class CacheStats:
     engine: str = ""
     backend: str = ""
     location: str = ""
+    not_stored: int = 0  # rows kept in memory only: the cache's disk was full
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+
+class _MemoryRows:
+    """Rows computed while the cache's disk is full, kept in this process and quantised as
+    the store would, so that results do not depend on where the rows were kept."""
+
+    def __init__(self, dtype: str):
+        self.dtype = dtype
+        self.rows: dict[tuple[str, str], tuple[np.ndarray, float | None]] = {}
+
+    def put(self, digests: list[str], stages: dict[str, np.ndarray]) -> int:
+        for stage, x in stages.items():
+            t = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32))
+            if self.dtype == "int8":
+                q, scales = (v.numpy() for v in ops.quantize_int8(t))
+            else:
+                q, scales = ops.quantize_fp16(t).numpy(), None
+            for i, d in enumerate(digests):
+                self.rows.setdefault((stage, d), (q[i], None if scales is None else scales[i]))
+        return len(digests)
 
 
 class FeatureCache:
@@ -85,18 +108,38 @@ class FeatureCache:
             "decoder": DECODER,
             "stages": self.stage_names,
         }
-        self.space = self.store.space_id(self.description, dtype)
+        self._dtype = dtype
+        self._memory: _MemoryRows | None = None  # set once the cache's disk is full
+        self._store_ok = True  # False when not even the feature space could be registered
+        try:
+            self.space = self.store.space_id(self.description, dtype)
+        except DiskFullError as e:
+            self.space = self.store.space_id(self.description, dtype, register=False)
+            self._store_ok = False
+            self._cache_full(e)
         self.model_dir = self.root / "models"
         self.stats = CacheStats(location=str(self.root))
         self._runner = None
         self._counted: set[str] = set()  # digests already counted in stats
 
     # ------------------------------------------------------------------ compute
+    def _cache_full(self, error: DiskFullError) -> None:
+        """Go on without storing: rows computed from now on are kept in memory (one warning)."""
+        if self._memory is None:
+            self._memory = _MemoryRows(self._dtype)
+            self.console.warn_once(("cache-full", str(self.root)), cache_full_warning(error))
+
     def _missing(self, samples: Sequence[Sample]) -> list[Sample]:
         digests = [s.digest for s in samples]
         gaps: set[int] = set()
         for stage in self.stage_names:
-            gaps.update(self.store.missing(self.space, stage, digests))
+            if self._store_ok:
+                miss = self.store.missing(self.space, stage, digests)
+            else:
+                miss = range(len(digests))
+            if self._memory is not None:
+                miss = [i for i in miss if (stage, digests[i]) not in self._memory.rows]
+            gaps.update(miss)
         seen, todo = set(), []
         for i in sorted(gaps):
             if samples[i].digest not in seen:
@@ -105,17 +148,23 @@ class FeatureCache:
         return todo
 
     def runner(self, n_images: int | None = None):
-        """The stage runner (onnxruntime export kept in the cache's models/ folder)."""
+        """The stage runner (onnxruntime export kept in the cache's models/ folder; torch
+        when that folder's disk is full)."""
         if self._runner is None:
-            self._runner = make_runner(
-                self.extractor,
-                self.spec.preprocessing.crop_size,
-                self.engine,
-                self.model_dir,
-                key=self.model_key,
-                console=self.console,
-                n_images=n_images,
-            )
+            crop = self.spec.preprocessing.crop_size
+            try:
+                self._runner = make_runner(
+                    self.extractor,
+                    crop,
+                    self.engine,
+                    self.model_dir,
+                    key=self.model_key,
+                    console=self.console,
+                    n_images=n_images,
+                )
+            except DiskFullError as e:
+                self._cache_full(e)
+                self._runner = make_runner(self.extractor, crop, "torch")
             self.stats.engine = self._runner.engine
         return self._runner
 
@@ -162,19 +211,53 @@ class FeatureCache:
         stages = {
             name: np.concatenate([p[i] for p in pending]) for i, name in enumerate(self.stage_names)
         }
-        self.store.put(self.space, [s.digest for s in samples], stages)
+        digests = [s.digest for s in samples]
+        if self._memory is None:
+            try:
+                self.store.put(self.space, digests, stages)
+                return
+            except DiskFullError as e:  # nothing of this put was kept: it goes to memory
+                self._cache_full(e)
+        self.stats.not_stored += self._memory.put(digests, stages)
+
+    def _get(self, stage: str, digests: list[str]) -> StoredRows:
+        """Rows from the store, or from memory for those the full cache could not keep."""
+        if self._memory is None or (not digests and self._store_ok):
+            return self.store.get(self.space, stage, digests)
+        if not digests:
+            kind = np.int8 if self._dtype == "int8" else np.float16
+            scales = torch.zeros(0) if self._dtype == "int8" else None
+            return StoredRows(torch.from_numpy(np.empty((0, 0), dtype=kind)), scales)
+        mem = self._memory.rows
+        inside = [i for i, d in enumerate(digests) if (stage, d) in mem]
+        rest = [i for i, d in enumerate(digests) if (stage, d) not in mem]
+        stored = self.store.get(self.space, stage, [digests[i] for i in rest]) if rest else None
+        first = mem[(stage, digests[inside[0]])][0] if inside else stored.values[0].numpy()
+        values = np.empty((len(digests), first.shape[0]), dtype=first.dtype)
+        scales = np.empty(len(digests), dtype=np.float32) if self._dtype == "int8" else None
+        for i in inside:
+            values[i], scale = mem[(stage, digests[i])]
+            if scales is not None:
+                scales[i] = scale
+        if stored is not None:
+            values[rest] = stored.values.numpy()
+            if scales is not None:
+                scales[rest] = stored.scales.numpy()
+        return StoredRows(
+            torch.from_numpy(values), None if scales is None else torch.from_numpy(scales)
+        )
 
     # --------------------------------------------------------------------- read
     def rows(self, samples: Sequence[Sample], stage: str) -> StoredRows:
         """Stored rows of one stage for `samples` (computed first where missing), in order."""
         self.ensure(samples)
-        return self.store.get(self.space, stage, [s.digest for s in samples])
+        return self._get(stage, [s.digest for s in samples])
 
     def stage_rows(self, samples: Sequence[Sample]) -> list[StoredRows]:
         """Stored rows of every stage for `samples`, in stage order."""
         self.ensure(samples)
         digests = [s.digest for s in samples]
-        return [self.store.get(self.space, name, digests) for name in self.stage_names]
+        return [self._get(name, digests) for name in self.stage_names]
 
     def onnx_path(self) -> Path | None:
         """The verified all-stage ONNX graph (outputs "stage<i>") when the engine is

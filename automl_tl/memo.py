@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .console import Console
-from .errors import AutoTLError
+from .errors import CACHE_FULL_FIX, AutoTLError, DiskFullError, cache_full_warning, is_disk_full
 
 __all__ = ["Memo"]
 
@@ -55,6 +55,10 @@ class Memo:
         try:
             self._db = _connect(self.path)
         except sqlite3.OperationalError as e:  # locked or unwritable: not the file's content
+            if is_disk_full(e):  # facts are only worth keeping: this run remembers them alone
+                self._full()
+                self._db = _connect(Path(":memory:"))
+                return
             raise AutoTLError(
                 f"cannot open {self.path} ({e}); pass --cache-dir or set AUTOML_TL_CACHE_DIR "
                 "to a writable folder"
@@ -91,9 +95,18 @@ class Memo:
         if not items:
             return
         rows = [(namespace, k, json.dumps(v, sort_keys=True)) for k, v in items.items()]
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("INSERT OR REPLACE INTO memo VALUES (?, ?, ?)", rows)
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany("INSERT OR REPLACE INTO memo VALUES (?, ?, ?)", rows)
+        except sqlite3.Error as e:
+            if not is_disk_full(e):
+                raise
+            self._full()  # rolled back: nothing half-written; recomputed when next needed
+
+    def _full(self) -> None:
+        error = DiskFullError(self.path, None, CACHE_FULL_FIX)
+        Console().warn_once(("cache-full", str(self.path.parent)), cache_full_warning(error))
 
     def put(self, namespace: str, key: str, value: object) -> None:
         self.put_many(namespace, {key: value})

@@ -28,7 +28,7 @@ from torch import nn
 
 from .backbone import FeatureExtractor, file_sha256
 from .console import Console
-from .errors import AutoTLError
+from .errors import AutoTLError, DiskFullError, is_disk_full
 from .export import ort_providers
 
 __all__ = [
@@ -216,9 +216,10 @@ def export_stages(extractor: FeatureExtractor, path: str | Path, crop_size: int)
     device = next((p.device for p in extractor.parameters()), torch.device("cpu"))
     extractor.to("cpu", memory_format=torch.contiguous_format).eval()
     check = np.random.default_rng(0).random((2, 3, crop_size, crop_size), dtype=np.float32)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".part", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = _mkstemp(path)
+        os.close(fd)
         with torch.inference_mode():
             expected = [f.numpy().copy() for f in extractor.stage_features(torch.from_numpy(check))]
         names = [f"stage{i}" for i in range(len(expected))]
@@ -238,6 +239,8 @@ def export_stages(extractor: FeatureExtractor, path: str | Path, crop_size: int)
                 )
             got = OrtRunner(tmp, threads=1).run(check)
         except Exception as e:
+            if is_disk_full(e):  # not the backbone's fault: never recorded as a refusal
+                raise DiskFullError(path) from None
             raise _ExportRefused(f"{type(e).__name__}: {str(e).splitlines()[0][:160]}") from None
         if [g.shape for g in got] != [e.shape for e in expected]:
             raise _ExportRefused("onnxruntime outputs do not have the shapes of torch's")
@@ -249,7 +252,7 @@ def export_stages(extractor: FeatureExtractor, path: str | Path, crop_size: int)
         _write_json(path.with_suffix(".json"), record)
         return record
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
         extractor.to(device)
         for m, training in modes.items():
@@ -257,11 +260,28 @@ def export_stages(extractor: FeatureExtractor, path: str | Path, crop_size: int)
             m._forward_hooks, m._forward_pre_hooks = hooks[m]
 
 
+def _mkstemp(path: Path) -> tuple[int, str]:
+    try:
+        return tempfile.mkstemp(prefix=path.name, suffix=".part", dir=path.parent)
+    except OSError as e:
+        if is_disk_full(e):
+            raise DiskFullError(path) from None
+        raise
+
+
 def _write_json(path: Path, record: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".part", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(record, fh)
-    os.replace(tmp, path)
+    fd, tmp = _mkstemp(path)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(record, fh)
+        os.replace(tmp, path)
+    except OSError as e:
+        if is_disk_full(e):
+            raise DiskFullError(path) from None
+        raise
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _read_sidecar(path: Path) -> dict | None:
