@@ -7,13 +7,14 @@ import sys
 
 import click
 
-from .errors import AutoTLError
+from .errors import AutoTLError, DiskFullError, is_disk_full
 
 __all__ = ["clean_errors"]
 
 
 def clean_errors(func):
-    """Turn AutoTLError into one line on stderr and exit 1 (tracebacks only with --verbose)."""
+    """Turn AutoTLError (and a full disk) into one line on stderr and exit 1 (tracebacks only
+    with --verbose)."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -24,6 +25,11 @@ def clean_errors(func):
             if verbose:
                 raise
             click.echo(f"error: {e}", err=True)
+            sys.exit(1)
+        except OSError as e:  # a full disk the writer did not name itself: still one line
+            if verbose or not is_disk_full(e):
+                raise
+            click.echo(f"error: {DiskFullError(e.filename or '.')}", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
             click.echo(

@@ -272,3 +272,23 @@ def test_atomic_writes_on_a_simulated_full_disk(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert _half_written(tmp_path / "run") == []
     assert not path.exists() and not (tmp_path / "run" / "plan.json").exists()
+
+
+def test_any_full_disk_error_is_one_cli_line(capsys):
+    """A full disk some writer did not name itself still ends in one `error:` line."""
+    from automl_tl.cli_common import clean_errors
+
+    @clean_errors
+    def command(verbose=False):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/nowhere/file.bin")
+
+    with pytest.raises(SystemExit) as e:
+        command()
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert re.fullmatch(
+        r"error: no space left on device writing '/nowhere/file\.bin' \(needs more space, "
+        r"[\d.]+ \w?B free there\); free some space on that filesystem or write to another "
+        r"folder\n",
+        err,
+    ), err
