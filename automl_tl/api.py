@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator
 
 from . import __version__, ops
+from ._estimator import BaseEstimator  # sklearn's interface, without importing sklearn
 from .analysis import Analysis, analyse
 from .backbone import FeatureExtractor, file_sha256
 from .cache import default_cache_dir
@@ -142,7 +142,8 @@ class AutoTransfer(BaseEstimator):
         console = Console(quiet=self.quiet) if rank == 0 else Console(True, io.StringIO())
         plugins = get_plugins()
         spec = plugins.backbone(self.backbone)
-        report = audit(scan(data, exclude=(run.path,)), console, self.strict, memo=self._memo())
+        memo = self._memo(console)
+        report = audit(scan(data, exclude=(run.path,)), console, self.strict, memo=memo)
         train, val, test = split(report.samples, self.val_fraction, self.seed)
         self.classes_, self.audit_, self.spec_ = report.classes, report, spec
         self.run_dir_ = run.path
@@ -208,7 +209,7 @@ class AutoTransfer(BaseEstimator):
         console = Console(quiet=self.quiet)
         plugins = get_plugins()
         spec = plugins.backbone(self.backbone)
-        report = audit(scan(data), console, self.strict, memo=self._memo())
+        report = audit(scan(data), console, self.strict, memo=self._memo(console))
         train, val, test = split(report.samples, self.val_fraction, self.seed)
         self.classes_, self.audit_, self.spec_ = report.classes, report, spec
         net = spec.build(self.weights, allow_download=self.allow_download)
@@ -223,8 +224,8 @@ class AutoTransfer(BaseEstimator):
     def _cache_root(self) -> Path:
         return Path(self.cache_dir) if self.cache_dir is not None else default_cache_dir()
 
-    def _memo(self) -> Memo:
-        return Memo(self._cache_root())
+    def _memo(self, console: Console | None = None) -> Memo:
+        return Memo(self._cache_root(), console)
 
     def _features(self, spec, net, console) -> FeatureCache:
         return FeatureCache(

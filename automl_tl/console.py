@@ -13,7 +13,6 @@ __all__ = ["Console", "Progress", "INTERVAL_ENV", "progress_interval"]
 
 INTERVAL_ENV = "AUTOML_TL_PROGRESS_INTERVAL"
 DEFAULT_INTERVAL = 20.0  # seconds between plain progress lines when stderr is not a terminal
-_WARNED_ONCE: set = set()  # keys of Console.warn_once warnings already shown by this process
 
 
 def progress_interval() -> float:
@@ -146,6 +145,7 @@ class Console:
         self.quiet = quiet
         self.stream = stream if stream is not None else sys.stderr
         self._interval = progress_interval
+        self._warned: set = set()  # keys of warn_once warnings already shown
 
     @property
     def progress_interval(self) -> float:
@@ -159,11 +159,11 @@ class Console:
         print(f"WARNING: {message}", file=self.stream, flush=True)
 
     def warn_once(self, key, message: str) -> bool:
-        """Warn unless this process already warned under `key` (a condition that would
+        """Warn unless this console already warned under `key` (a condition that would
         otherwise repeat, e.g. a full cache disk seen by several writers); True if shown."""
-        if key in _WARNED_ONCE:
+        if key in self._warned:
             return False
-        _WARNED_ONCE.add(key)
+        self._warned.add(key)
         self.warn(message)
         return True
 

@@ -76,7 +76,9 @@ def is_disk_full(exc: BaseException) -> bool:
         return True
     if isinstance(exc, OSError):
         return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    return getattr(exc, "sqlite_errorcode", None) == 13  # SQLITE_FULL (sqlite3 not imported)
+    # SQLITE_FULL; SQLITE_IOERR_SHMSIZE: the WAL index of an existing database cannot be
+    # allocated (what reopening a cache on a full disk answers). sqlite3 is not imported here.
+    return getattr(exc, "sqlite_errorcode", None) in (13, 4874)
 
 
 def size_text(n: int | None) -> str:

@@ -10,16 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import PIL
 import torch
-import torchvision
 
 from . import ops
 from .backbone import BackboneSpec, FeatureExtractor, file_sha256
 from .cache import FeatureStore, StoredRows
 from .console import Console
 from .data import Sample
-from .decode import load_image
+from .decode import decoder_id, load_image
 from .distributed import world
 from .embed import iter_batches
 from .errors import DiskFullError, cache_full_warning
@@ -28,8 +26,9 @@ from .runtime import _read_sidecar, extractor_key, make_runner, pick_batch_size,
 
 __all__ = ["FeatureCache", "CacheStats", "DECODER"]
 
-# Part of every feature space's identity: a decoder change may change the pixels.
-DECODER = f"automl_tl.decode/1 torchvision {torchvision.__version__} pillow {PIL.__version__}"
+# Part of every feature space's identity: a decoder change may change the pixels. (Named
+# without importing torchvision, whose import costs seconds that a warm run has no use for.)
+DECODER = decoder_id()
 
 
 @dataclass
@@ -95,7 +94,7 @@ class FeatureCache:
         self.console = console or Console(quiet=True)
         self.store = FeatureStore(cache_dir, console=self.console)
         self.root = Path(self.store.root)
-        self.memo = Memo(self.root)
+        self.memo = Memo(self.root, self.console)
         self.engine, self.batch_size, self.chunk = engine, batch_size, chunk
         self.stage_names = [s.name for s in spec.stages]
         prep = spec.preprocessing

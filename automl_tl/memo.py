@@ -49,8 +49,9 @@ def _connect(path: Path) -> sqlite3.Connection:
 class Memo:
     """Namespaced key -> JSON value store in `<cache dir>/memo.sqlite`."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, console: Console | None = None):
         self.path = Path(root) / "memo.sqlite"
+        self._console = console or Console()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = _connect(self.path)
@@ -106,7 +107,7 @@ class Memo:
 
     def _full(self) -> None:
         error = DiskFullError(self.path, None, CACHE_FULL_FIX)
-        Console().warn_once(("cache-full", str(self.path.parent)), cache_full_warning(error))
+        self._console.warn_once(("cache-full", str(self.path.parent)), cache_full_warning(error))
 
     def put(self, namespace: str, key: str, value: object) -> None:
         self.put_many(namespace, {key: value})
