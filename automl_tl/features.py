@@ -185,6 +185,10 @@ class FeatureCache:
             self.stats.computed += len(mine)
         if size > 1:
             torch.distributed.barrier()
+            late = self._missing(samples)  # kept in another process's memory: its disk was full
+            if late:
+                self._compute(late)
+                self.stats.computed += len(late)
 
     def _compute(self, todo: list[Sample]) -> None:
         prep = self.spec.preprocessing
