@@ -12,23 +12,17 @@ gives other pixels, files without an end-of-image marker, and anything torchvisi
 
 from __future__ import annotations
 
+import functools
 import warnings
+from importlib import metadata
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import torch
-from torchvision.transforms.v2 import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
-
-try:  # deprecated in torchvision 0.29 in favour of TorchCodec; without it, PIL does it all
-    from torchvision.io import ImageReadMode, decode_jpeg
-except ImportError:  # pragma: no cover
-    decode_jpeg = None
 
 from .preprocess import DEFAULT_MAX_PIXELS, Preprocessing, load_for_model
 
-__all__ = ["JpegInfo", "jpeg_info", "uses_torchvision", "load_image"]
+__all__ = ["JpegInfo", "jpeg_info", "uses_torchvision", "load_image", "decoder_id"]
 
 # torchvision >= 0.29 warns on every decode call that TorchCodec supersedes it.
 warnings.filterwarnings(
@@ -39,7 +33,49 @@ _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # C4 DHT, C8 J
 _STANDALONE = frozenset([0x01, *range(0xD0, 0xD8)])  # TEM, RSTn: no length field
 # PIL filters; torch's antialiased bilinear/bicubic are ports of PIL's resampling code.
 # "nearest" stays with PIL: torch's nearest picks other source pixels on downscaling.
-_INTERPOLATION = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
+_INTERPOLATION = ("bilinear", "bicubic")
+
+
+@functools.lru_cache(maxsize=1)
+def _torchvision():
+    """(decode_jpeg, ImageReadMode, transforms.v2.functional), or None without a JPEG decoder.
+
+    Imported on the first decode, not with this module: `import torchvision` imports its
+    model zoo and torch._dynamo (seconds), which a run that reads only cached features, or
+    `automl-tl --help`, should not pay for."""
+    try:  # deprecated in torchvision 0.29 in favour of TorchCodec; without it, PIL does it all
+        from torchvision.io import ImageReadMode, decode_jpeg
+        from torchvision.transforms.v2 import functional
+    except ImportError:  # pragma: no cover
+        return None
+    return decode_jpeg, ImageReadMode, functional
+
+
+@functools.lru_cache(maxsize=1)
+def torchvision_version() -> str:
+    """torchvision.__version__ (with its local part, e.g. "+cpu") without importing it: read
+    from the package's version.py, else from the distribution's metadata."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.find_spec("torchvision")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        try:
+            text = (Path(folder) / "version.py").read_text()
+        except OSError:
+            continue
+        found = re.search(r"^__version__ = ['\"]([^'\"]+)['\"]", text, re.M)
+        if found:
+            return found.group(1)
+    return metadata.version("torchvision")
+
+
+def decoder_id() -> str:
+    """What decodes pixels, with versions (part of a cached feature space's identity: a
+    decoder change may change the pixels); naming it does not import torchvision."""
+    import PIL
+
+    return f"automl_tl.decode/1 torchvision {torchvision_version()} pillow {PIL.__version__}"
 
 
 class JpegInfo(NamedTuple):
@@ -86,7 +122,7 @@ def uses_torchvision(info: JpegInfo | None, prep: Preprocessing) -> bool:
     s = largest of 8, 4, 2 not above min(w, h) // resize_size; such files stay with PIL,
     as do aspect ratios beyond 8:1 (`preprocess` may take another path for those).
     """
-    if decode_jpeg is None or info is None or info.precision != 8 or info.components not in (1, 3):
+    if info is None or info.precision != 8 or info.components not in (1, 3):
         return False
     if prep.interpolation not in _INTERPOLATION or info.width * info.height > DEFAULT_MAX_PIXELS:
         return False
@@ -94,16 +130,22 @@ def uses_torchvision(info: JpegInfo | None, prep: Preprocessing) -> bool:
         info.width, info.height
     ):
         return False  # extreme aspect ratios: preprocess resamples only the crop's region
-    return min(info.width // prep.resize_size, info.height // prep.resize_size) < 2
+    if min(info.width // prep.resize_size, info.height // prep.resize_size) >= 2:
+        return False
+    return _torchvision() is not None
 
 
-def _resize_crop(img: torch.Tensor, prep: Preprocessing) -> np.ndarray:
-    """uint8 CHW -> uint8 (crop, crop, 3), the geometry of `preprocess.preprocess`."""
+def _resize_crop(img, prep: Preprocessing) -> np.ndarray:
+    """uint8 CHW tensor -> uint8 (crop, crop, 3), the geometry of `preprocess.preprocess`."""
+    from torchvision.transforms.v2 import InterpolationMode
+
+    TF = _torchvision()[2]
     h, w = img.shape[-2:]
     scale = prep.resize_size / min(w, h)
     nw, nh = max(prep.crop_size, round(w * scale)), max(prep.crop_size, round(h * scale))
     if (nw, nh) != (w, h):  # PIL returns a copy unchanged when the size is already right
-        img = TF.resize(img, [nh, nw], interpolation=_INTERPOLATION[prep.interpolation])
+        mode = InterpolationMode(prep.interpolation)
+        img = TF.resize(img, [nh, nw], interpolation=mode)
     left, top = (nw - prep.crop_size) // 2, (nh - prep.crop_size) // 2
     img = img[:, top : top + prep.crop_size, left : left + prep.crop_size]
     return np.ascontiguousarray(img.permute(1, 2, 0).numpy())
@@ -122,6 +164,9 @@ def load_image(path: str | Path, prep: Preprocessing) -> np.ndarray:
         data = head + fh.read()
     if data.rstrip(b"\0")[-2:] != b"\xff\xd9":  # truncated: PIL raises, torchvision guesses
         return load_for_model(path, prep)
+    import torch
+
+    decode_jpeg, ImageReadMode, _ = _torchvision()
     try:
         img = decode_jpeg(
             torch.frombuffer(bytearray(data), dtype=torch.uint8),

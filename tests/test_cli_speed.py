@@ -102,3 +102,48 @@ def test_efficientnet_lite_stages_match_the_built_network():
         assert tuple(lite._STAGES[name]) == tuple(
             tuple(s.__dict__.values()) for s in derive_stages(net)
         )
+
+
+def test_classification_metrics_agree_with_scikit_learn():
+    import warnings
+
+    import numpy as np
+    from sklearn import metrics
+
+    from automl_tl.evaluate import classification_metrics
+
+    rng = np.random.default_rng(0)
+    for case in range(60):
+        k, n = int(rng.integers(2, 6)), int(rng.integers(1, 40))
+        y_true, y_pred = rng.integers(0, k, n), rng.integers(0, k, n)
+        if case % 4 == 0:
+            y_true[y_true == 1] = 0  # a class absent from the truth, maybe predicted
+        got = classification_metrics(y_true, y_pred, [f"c{i}" for i in range(k)])
+        labels = list(range(k))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            p, r, f, s = metrics.precision_recall_fscore_support(
+                y_true, y_pred, labels=labels, zero_division=0
+            )
+            balanced = metrics.balanced_accuracy_score(y_true, y_pred)
+        assert got["accuracy"] == metrics.accuracy_score(y_true, y_pred)
+        assert got["balanced_accuracy"] == balanced
+        assert [c["precision"] for c in got["per_class"].values()] == list(p)
+        assert [c["recall"] for c in got["per_class"].values()] == list(r)
+        assert [c["f1"] for c in got["per_class"].values()] == list(f)
+        assert [c["support"] for c in got["per_class"].values()] == list(s)
+        cm = metrics.confusion_matrix(y_true, y_pred, labels=labels).tolist()
+        assert got["confusion_matrix"] == cm
+
+
+def test_estimator_params_work_with_sklearn_clone():
+    from sklearn.base import clone
+
+    from automl_tl.api import AutoTransfer
+
+    est = AutoTransfer(epochs=7, seed=3)
+    twin = clone(est)
+    assert twin is not est and twin.get_params() == est.get_params()
+    assert repr(est.set_params(lr=0.1)) == "AutoTransfer(epochs=7, lr=0.1, seed=3)"
+    with pytest.raises(ValueError, match="Invalid parameter 'nope'"):
+        est.set_params(nope=1)
