@@ -6,9 +6,13 @@ Verdicts and their thresholds (each can be overridden, see `Thresholds`):
   head has parameters (feature width x classes, `size_ratio` = 1). Below that even the
   head is under-determined by the data, so adapting millions of backbone weights would
   overfit: *small*.
-- similarity: *similar* when the median conformal p-value of the target images against
+- similarity: *similar* when (the median conformal p-value of the target images against
   the source bank is at least 0.5 (`similarity_pvalue`), the value expected when the
-  target is distributed like the bank's own vectors (see similarity.py).
+  target is distributed like the bank's own vectors, OR the median BatchNorm drift over
+  the stages is at most 0.125, the KL divergence of a half-standard-deviation shift) AND
+  the last stage's k-NN probe is within one standard error of the best stage's. The
+  p-value alone calls in-domain photos whose classes group many source classes
+  'different'; see similarity.py and docs/analysis.md for why and the measurements.
 - cut point (case 2): the earliest stage whose k-NN probe accuracy is within one
   standard error of the best stage's (the one-standard-error rule): the least
   source-specific features that still do as well as any.
@@ -106,19 +110,51 @@ def add_verdicts(profile: DatasetProfile, thresholds: Thresholds = Thresholds())
         f"{profile.classes} classes (the new head's parameters); ratio "
         f"{profile.train_images / max(need, 1):.2f}"
     ]
+    from .similarity import similarity_evidence  # torch-free callers need not load it early
+
+    ev = similarity_evidence(
+        profile.similarity,
+        profile.bn_drift,
+        profile.probes,
+        profile.probe_n,
+        thresholds.similarity_pvalue,
+    )
+    profile.similar = "similar" if ev["similar"] else "different"
     if profile.similarity:
-        p = profile.similarity["median_pvalue"]
-        profile.similar = "similar" if p >= thresholds.similarity_pvalue else "different"
-        profile.verdict_reasons.append(
-            f"similarity: {profile.similar}: median p-value {p:.3f} vs threshold "
-            f"{thresholds.similarity_pvalue:g} (margin {p - thresholds.similarity_pvalue:+.3f}); "
-            f"median nearest-neighbour cosine {profile.similarity['median_score']:.3f} vs the "
-            f"bank's own {profile.similarity['bank_median_score']:.3f} "
-            f"({profile.similarity['bank']})"
+        profile.similarity["verdict_evidence"] = ev
+    reason = _similarity_reason(profile, ev)
+    profile.verdict_reasons.append(f"similarity: {profile.similar}: {reason}")
+
+
+def _similarity_reason(profile: DatasetProfile, ev: dict) -> str:
+    """The formula with every number behind it."""
+    yes = {True: "yes", False: "no"}
+    parts = []
+    if ev["source_classes"] is not None:
+        sim = profile.similarity
+        p, thr = ev["pvalue"], ev["pvalue_threshold"]
+        parts.append(
+            f"source classes {yes[ev['source_classes']]} (median p-value {p:.3f} vs "
+            f"threshold {thr:g}, margin {p - thr:+.3f}; "
+            f"median nearest-neighbour cosine {sim['median_score']:.3f} vs the bank's own "
+            f"{sim['bank_median_score']:.3f}, {sim['bank']})"
         )
-    else:
-        profile.similar = "similar"
-        profile.verdict_reasons.append("similarity: not measured (no source bank); assumed similar")
+    if ev["low_level"] is not None:
+        parts.append(
+            f"low-level statistics {yes[ev['low_level']]} (median BatchNorm drift over "
+            f"{ev['drift_stages']} stages {ev['drift_median']:.3f} vs threshold "
+            f"{ev['drift_threshold']:.3f})"
+        )
+    if ev["probe_peak"] is not None:
+        parts.append(
+            f"probe peak at the last stage {yes[ev['probe_peak']]} ({ev['probe_last']} "
+            f"{ev['probe_last_acc']:.3f} vs best {ev['probe_best']} {ev['probe_best_acc']:.3f}, "
+            f"one standard error {ev['probe_se']:.3f})"
+        )
+    if not ev["measured"]:
+        parts.insert(0, "not measured (no source bank, no BatchNorm statistics); assumed similar")
+    rule = "(source classes or low-level statistics) and probe peak"
+    return f"{rule}: " + "; ".join(parts)
 
 
 @dataclass

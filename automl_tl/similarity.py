@@ -15,6 +15,24 @@ images (`automl-tl source-bank build`).
 
 Secondary measures that need only the checkpoint: maximum softmax probability and
 energy of the source classifier, and BatchNorm statistics drift per stage.
+
+The verdict (`similarity_evidence`, used by the planner) does not rest on the
+nearest-neighbour p-value alone. Class vectors are discriminative: a photo lines up with its
+own class's vector and is almost orthogonal to the others, so photos whose classes group or
+miss source classes (cats vs dogs, a breed that is not an ImageNet class) score as far from
+the bank as X-rays do (docs/analysis.md measures it). Three pieces of evidence are combined:
+
+- source classes: median p-value >= the threshold (0.5), as above;
+- low-level statistics: the median over stages of the BatchNorm drift is at most
+  `DRIFT_THRESHOLD` (0.125 = the KL divergence d^2/2 of a mean shift of d = 0.5 source
+  standard deviations, a "medium" effect). BatchNorm statistics describe the whole source
+  distribution, not its classes, so grouping classes does not move them;
+- probe peak: the last stage's k-NN probe is within one binomial standard error of the best
+  stage's (the noise rule the cut point uses): the source's most specific features separate
+  the target classes as well as any earlier stage.
+
+similar = (source classes OR low-level statistics) AND probe peak; evidence that was not
+measured (no bank, a backbone without BatchNorm, no probes) is left out of the formula.
 """
 
 from __future__ import annotations
@@ -41,7 +59,12 @@ __all__ = [
     "classifier_scores",
     "BNDriftRecorder",
     "default_bank_dir",
+    "similarity_evidence",
+    "DRIFT_THRESHOLD",
 ]
+
+# KL(N(d, 1) || N(0, 1)) = d^2 / 2 for a mean shift of d = 0.5 standard deviations.
+DRIFT_THRESHOLD = 0.5**2 / 2
 
 
 def default_bank_dir() -> Path:
@@ -164,6 +187,39 @@ def nn_similarity(bank: SourceBank, feats: np.ndarray) -> dict:
         "median_pvalue": float(np.median(pvals)),
         "share_below_bank_q05": float(np.mean(pvals <= 0.05)),
     }
+
+
+def similarity_evidence(
+    similarity: dict,
+    bn_drift: dict,
+    probes: dict,
+    probe_n: int,
+    pvalue_threshold: float = 0.5,
+    drift_threshold: float = DRIFT_THRESHOLD,
+) -> dict:
+    """The three pieces of evidence behind the similarity verdict (see the module docstring),
+    each None when not measured, the numbers behind each, and the verdict itself."""
+    ev: dict = {"source_classes": None, "low_level": None, "probe_peak": None}
+    if similarity:
+        p = float(similarity["median_pvalue"])
+        ev.update(pvalue=p, pvalue_threshold=pvalue_threshold)
+        ev["source_classes"] = p >= pvalue_threshold
+    if bn_drift:
+        drift = float(np.median(list(bn_drift.values())))
+        ev.update(drift_median=drift, drift_stages=len(bn_drift), drift_threshold=drift_threshold)
+        ev["low_level"] = drift <= drift_threshold
+    if probes and len(probes) > 1:
+        names = list(probes)
+        best = max(names, key=probes.get)
+        se = float(np.sqrt(max(probes[best] * (1 - probes[best]), 1e-12) / max(probe_n, 1)))
+        last = names[-1]
+        ev.update(probe_best=best, probe_best_acc=probes[best], probe_last=last)
+        ev.update(probe_last_acc=probes[last], probe_se=se)
+        ev["probe_peak"] = probes[last] >= probes[best] - se
+    domain = [ev[k] for k in ("source_classes", "low_level") if ev[k] is not None]
+    ev["measured"] = bool(domain)
+    ev["similar"] = (any(domain) if domain else True) and ev["probe_peak"] is not False
+    return ev
 
 
 def conformal_pvalues(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
