@@ -56,8 +56,18 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The suite must leave the environment as it found it: pip freeze before and after, compared
+# whether or not the tests passed (the exit status is pytest's unless the freeze differs).
+FREEZE := $(VENV)/.freeze-before-test
+PYTEST ?= $(BIN)/pytest -q
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/python -m pip freeze --all > $(FREEZE)
+	@$(PYTEST); status=$$?; \
+	$(BIN)/python -m pip freeze --all | diff $(FREEZE) - \
+		|| { echo "make test: the tests changed the packages installed in $(VENV)" \
+		"(diff above: < before, > after); the test that installs or removes one must use" \
+		"a temporary folder instead"; exit 1; }; \
+	rm -f $(FREEZE); exit $$status
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_embed.py

@@ -52,23 +52,33 @@ def _find_chromium() -> str | None:
 
 @pytest.fixture(scope="session")
 def chromium(pytestconfig) -> str:
-    """Path of a headless-capable Chromium; installed once with apt-get (Debian's `chromium`)
-    when missing and running as root, otherwise the test is skipped with the reason."""
+    """Path of a headless-capable Chromium. When missing and running as root, it is installed
+    once as a SYSTEM package with apt-get (Debian's `chromium`; stays installed afterwards,
+    outside .venv); otherwise the test is skipped with the reason."""
     exe = _find_chromium()
     if exe is None:
         if os.name != "posix" or os.geteuid() != 0 or not shutil.which("apt-get"):
-            pytest.skip("chromium is not installed (apt-get install chromium) and cannot be here")
+            pytest.skip(
+                "chromium is not installed and cannot be installed here (needs root and "
+                "apt-get; install the system package yourself: apt-get install chromium)"
+            )
         capture = pytestconfig.pluginmanager.getplugin("capturemanager")
         with capture.global_and_fixture_disabled():
-            print("\ninstalling chromium with apt-get for the report tests (a minute or two)...")
+            print(
+                "\ninstalling the system package chromium with apt-get for the report tests "
+                "(a minute or two; it stays installed, outside .venv: apt-get remove chromium)..."
+            )
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         cmd = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)
         exe = _find_chromium()
         if done.returncode != 0:
-            pytest.skip(f"apt-get install chromium failed: {done.stderr.strip()[-300:]}")
+            pytest.skip(
+                "installing the system package chromium failed (apt-get install chromium): "
+                f"{done.stderr.strip()[-300:]}"
+            )
         if exe is None:
-            pytest.skip("apt-get installed chromium but it is not on PATH")
+            pytest.skip("apt-get installed the system package chromium but it is not on PATH")
     version = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
     if version.returncode != 0:
         pytest.skip(f"{exe} --version failed: {version.stderr.strip()[-300:]}")
