@@ -113,8 +113,26 @@ def _holder(fd: int, wait: float = 2.0) -> str:
         if pid.strip().isdigit() and _alive(int(pid)):
             return f"process {int(pid)} ({command.strip() or '?'})"
         if time.monotonic() > deadline:
+            if pid.strip().isdigit():  # e.g. a process it started outlives it
+                return f"a process left by process {int(pid)} ({command.strip()}), now ended"
             return "another process (its pid is not recorded)"
         time.sleep(0.05)
+
+
+# Lock descriptors this process holds. A forked child (a DataLoader worker) closes its copies
+# at once: an orphan outliving a killed fit must not keep the folder locked after it.
+_HELD: set[int] = set()
+
+
+def _close_held_in_child() -> None:
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)  # closing a copy drops no lock of the parent's (LOCK_UN would)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_in_child)
 
 
 class RunFolder:
@@ -162,9 +180,12 @@ class RunFolder:
             yield self
         finally:
             if fd is not None:
-                os.ftruncate(fd, 0)  # a later reader never sees a holder that has left
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                os.close(fd)
+                _HELD.discard(fd)
+                try:
+                    os.ftruncate(fd, 0)  # a later reader never sees a holder that has left
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                finally:
+                    os.close(fd)
 
     def _lock(self) -> int:
         path = self.file(LOCK_NAME)
@@ -184,8 +205,12 @@ class RunFolder:
         except BaseException:
             os.close(fd)
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n{_command_line()}\n".encode(), 0)
+        _HELD.add(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n{_command_line()}\n".encode(), 0)
+        except OSError:
+            pass  # held all the same; a refused fit then names no pid
         return fd
 
     def _clear(self) -> None:

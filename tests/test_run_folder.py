@@ -4,6 +4,7 @@ with the process that held it (a killed run never blocks the next one)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -115,24 +116,36 @@ def test_folder_held_by_another_process_is_refused_naming_it(two_sets, tmp_path)
 
 
 def test_a_killed_holder_leaves_no_lock_behind(tmp_path):
+    """The holder forks a child first (as a DataLoader worker is forked mid-fit): killing
+    the holder frees the folder even while that orphan lives on."""
     out = tmp_path / "run"
     code = (
-        "import sys, time\n"
+        "import os, sys, time\n"
         "from automl_tl.report import RunFolder\n"
         "with RunFolder(sys.argv[1]).claim():\n"
-        "    print('held', flush=True)\n"
+        "    child = os.fork()\n"
+        "    if child == 0:\n"
+        "        time.sleep(600)\n"
+        "        os._exit(0)\n"
+        "    print(child, flush=True)\n"
         "    time.sleep(600)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE)
-    assert proc.stdout.readline() == b"held\n"
-    with pytest.raises(OutputError, match=f"in use by process {proc.pid} "):
-        with RunFolder(out).claim():
-            pass
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait(60) == -signal.SIGKILL
-    assert (out / LOCK_NAME).read_text().startswith(f"{proc.pid}\n")  # its note stays...
-    with RunFolder(out).claim():  # ...but the lock went with it
-        assert (out / LOCK_NAME).read_text().startswith(f"{os.getpid()}\n")
+    child = int(proc.stdout.readline())
+    try:
+        with pytest.raises(OutputError, match=f"in use by process {proc.pid} "):
+            with RunFolder(out).claim():
+                pass
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(60) == -signal.SIGKILL
+        os.kill(child, 0)  # the forked child is still alive
+        assert (out / LOCK_NAME).read_text().startswith(f"{proc.pid}\n")  # its note stays...
+        with RunFolder(out).claim():  # ...but the lock went with it
+            assert (out / LOCK_NAME).read_text().startswith(f"{os.getpid()}\n")
+    finally:
+        proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
 
 
 def _finished(out: Path) -> None:
