@@ -2,6 +2,9 @@
 
 Run after installing the package (the entry point is how automl-tl finds it):
     pip install -e plugins/automl-tl-knn && pytest plugins/automl-tl-knn
+or, leaving the environment as it is, into a folder put on PYTHONPATH:
+    pip install --no-deps --target /tmp/p plugins/automl-tl-knn
+    PYTHONPATH=/tmp/p pytest plugins/automl-tl-knn
 """
 
 from __future__ import annotations
