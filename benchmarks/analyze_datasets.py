@@ -10,6 +10,15 @@ imagenet_sample (flat, one image per class, no class folders) is profiled with t
 functions directly as a sanity row: the source domain itself should come out 'similar'. Its
 image-bank p-value is measured split-half (images scored against a bank built from the other
 images) because against the full bank every image would find itself.
+
+    python benchmarks/analyze_datasets.py --verdicts [--max-analysis-images 400]
+
+prints instead the engine's similarity verdict with the three pieces of evidence behind it
+(source-class p-value, BatchNorm drift, probe peak; see automl_tl/similarity.py) for
+hymenoptera_data, imagenette_subset, chest_xray, mnist and flowers5 under the default
+classifier bank, and for the super-class check of tests/test_similarity_check.py (the
+imagenet_sample classes grouped into 7 super-classes, analysed against the classifier bank
+without those classes' own vectors).
 """
 
 from __future__ import annotations
@@ -118,7 +127,6 @@ def dataset_row(path: Path, args, bank_path: Path, th: Thresholds) -> dict:
             "cut": plan.cut,
             "seconds": seconds,
         }
-        assert prof["similar"] == row["banks"][name]["verdict"], (name, prof["similar"])
     return row
 
 
@@ -264,6 +272,68 @@ def agreement(rows: list[dict]) -> list[str]:
     return out
 
 
+VERDICT_DATASETS = ("hymenoptera_data", "imagenette_subset", "chest_xray", "mnist", "flowers5")
+
+
+def verdict_rows(root: Path, args) -> list[dict]:
+    """(dataset, profile, seconds) of the engine's verdicts, the super-class check last."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.test_similarity_check import SUPER_CLASSES, bank_without, write_superclass_folder
+
+    rows = []
+    for name in VERDICT_DATASETS:
+        if (root / name).is_dir():
+            prof, _, secs = _analyse(root / name, args, None)
+            rows.append({"dataset": name, "profile": prof, "seconds": secs})
+            print(f"analysed {name} in {secs:.0f}s", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_superclass_folder(Path(tmp) / "superclasses")
+        drop = [i for indices in SUPER_CLASSES.values() for i in indices]
+        bank = bank_without(drop, Path(tmp) / "bank.npz")
+        prof, _, secs = _analyse(data, args, bank)
+    rows.append(
+        {"dataset": "super-class check (own vectors left out)", "profile": prof, "seconds": secs}
+    )
+    return rows
+
+
+def evidence_table(rows: list[dict]) -> str:
+    yes = {True: "yes", False: "no", None: "n/a"}
+    head = [
+        "dataset",
+        "images analysed",
+        "median p (NN cosine vs bank's own)",
+        "source classes",
+        "median BN drift",
+        "low-level",
+        "last stage vs best probe (1 SE)",
+        "probe peak",
+        "p-value alone",
+        "verdict",
+        "seconds",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        p = r["profile"]
+        sim, ev = p["similarity"], p["similarity"]["verdict_evidence"]
+        cells = [
+            r["dataset"],
+            str(p["probe_n"]),
+            f"{ev['pvalue']:.3f} ({sim['median_score']:.3f} vs {sim['bank_median_score']:.3f})",
+            yes[ev["source_classes"]],
+            f"{ev['drift_median']:.3f}",
+            yes[ev["low_level"]],
+            f"{ev['probe_last']} {ev['probe_last_acc']:.3f} vs {ev['probe_best']} "
+            f"{ev['probe_best_acc']:.3f} ({ev['probe_se']:.3f})",
+            yes[ev["probe_peak"]],
+            "similar" if ev["source_classes"] else "different",
+            f"**{p['similar']}**",
+            f"{r['seconds']:.0f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="shared datasets folder")
@@ -277,6 +347,7 @@ def main() -> int:
     ap.add_argument("--rebuild-bank", action="store_true")
     ap.add_argument("--out", type=Path, help="write the markdown tables here")
     ap.add_argument("--json", type=Path, help="write the raw numbers here")
+    ap.add_argument("--verdicts", action="store_true", help="the verdict evidence table only")
     args = ap.parse_args()
     if not (args.root / SOURCE).is_dir():
         print(f"skipped: {args.root / SOURCE} is absent (pass --root DIR)")
@@ -284,6 +355,20 @@ def main() -> int:
     overrides = {"size_ratio": args.size_ratio, "similarity_pvalue": args.similarity_pvalue}
     th = Thresholds(**{k: v for k, v in overrides.items() if v is not None})
     t_all = time.perf_counter()
+    if args.verdicts:
+        rows = verdict_rows(args.root, args)
+        md = (
+            f"backbone {args.backbone}, max_analysis_images {args.max_analysis_images}, "
+            f"seed {args.seed}, default classifier bank\n\n{evidence_table(rows)}\n\n"
+            f"total wall time {time.perf_counter() - t_all:.0f}s"
+        )
+        print(md)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(md + "\n")
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=2, default=str) + "\n")
+        return 0
     bank_path, bank, built = _image_bank(args.root, args.backbone, args.bank, args.rebuild_bank)
     how = f"built in {built:.0f}s" if built else "reused"
     print(f"image bank: {bank_path} ({bank.description}; {how})", flush=True)

@@ -30,6 +30,7 @@ from automl_tl.planner import (
 from automl_tl.plugins import get_plugins
 from automl_tl.probe import knn_loo_accuracy, probe_stages
 from automl_tl.similarity import (
+    DRIFT_THRESHOLD,
     BNDriftRecorder,
     SourceBank,
     classifier_bank,
@@ -371,6 +372,52 @@ def test_similarity_verdict_at_the_pvalue_threshold():
     prof = _profile()
     add_verdicts(prof)
     assert prof.similar == "similar" and "not measured" in prof.verdict_reasons[1]
+
+
+def test_similarity_verdict_combines_pvalue_drift_and_probe_peak():
+    """similar = (p-value >= 0.5 or median BN drift <= 0.125) and last probe within 1 SE."""
+    late = {"stem": 0.50, "block3": 0.70, "head": 0.90}  # n=100: SE 0.030
+    early = {"stem": 0.50, "block3": 0.95, "head": 0.90}  # SE 0.0218: head is 2.3 SE below
+    low, high = {"stem": 0.05, "block3": 0.02, "head": 0.30}, {"stem": 0.9, "head": 0.2}
+    cases = [  # (p-value, drift, probes, verdict)
+        (0.6, {}, late, "similar"),
+        (0.6, {}, early, "different"),  # close to source classes, yet the last stage loses
+        (0.1, low, late, "similar"),  # far from every class vector, but source-like pixels
+        (0.1, high, late, "different"),
+        (0.1, low, early, "different"),
+        (0.6, high, late, "similar"),
+    ]
+    for p, drift, probes, verdict in cases:
+        prof = _profile(pvalue=p, probes=probes, n=100)
+        prof.bn_drift = drift
+        add_verdicts(prof)
+        assert prof.similar == verdict, (p, drift, probes, prof.verdict_reasons[1])
+        ev = prof.similarity["verdict_evidence"]
+        assert ev["similar"] is (verdict == "similar")
+    reason = prof.verdict_reasons[1]
+    assert reason.startswith("similarity: similar: (source classes or low-level statistics)")
+    assert "source classes yes (median p-value 0.600 vs threshold 0.5, margin +0.100" in reason
+    assert "low-level statistics no (median BatchNorm drift over 2 stages 0.550 vs" in reason
+    assert "probe peak at the last stage yes (head 0.900 vs best head 0.900" in reason
+    prof = _profile(pvalue=0.1, probes=early, n=100)
+    prof.bn_drift = low
+    add_verdicts(prof)
+    se = math.sqrt(0.95 * 0.05 / 100)
+    assert (
+        f"(head 0.900 vs best block3 0.950, one standard error {se:.3f})"
+        in (prof.verdict_reasons[1])
+    )
+
+
+def test_drift_threshold_is_a_half_standard_deviation_shift():
+    # KL(N(0.5, 1) || N(0, 1)) = 0.5^2 / 2, the same formula BNDriftRecorder averages.
+    assert DRIFT_THRESHOLD == 0.125
+    prof = _profile(probes={"stem": 0.5, "head": 0.9})
+    for drift, verdict in ((0.125, "similar"), (0.1251, "different")):
+        prof.bn_drift = {"stem": drift, "head": drift}
+        add_verdicts(prof)  # no bank: the drift alone decides the domain evidence
+        assert prof.similar == verdict, drift
+        assert "p-value" not in prof.verdict_reasons[1]
 
 
 def test_case_mapping_and_plans_for_the_four_cases(spec):
