@@ -9,10 +9,11 @@ Verdicts and their thresholds (each can be overridden, see `Thresholds`):
 - similarity: *similar* when (the median conformal p-value of the target images against
   the source bank is at least 0.5 (`similarity_pvalue`), the value expected when the
   target is distributed like the bank's own vectors, OR the median BatchNorm drift over
-  the stages is at most 0.125, the KL divergence of a half-standard-deviation shift) AND
-  the last stage's k-NN probe is within one standard error of the best stage's. The
-  p-value alone calls in-domain photos whose classes group many source classes
-  'different'; see similarity.py and docs/analysis.md for why and the measurements.
+  the stages is at most 0.125, the KL divergence of a half-standard-deviation shift;
+  fixed, `similarity.DRIFT_THRESHOLD`) AND the last stage's k-NN probe is within one
+  standard error of the best stage's. The p-value alone calls in-domain photos whose
+  classes group many source classes 'different'; similarity.py and docs/analysis.md
+  say why, with the measurements.
 - cut point (case 2): the earliest stage whose k-NN probe accuracy is within one
   standard error of the best stage's (the one-standard-error rule): the least
   source-specific features that still do as well as any.
