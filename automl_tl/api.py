@@ -416,7 +416,8 @@ class AutoTransfer(BaseEstimator):
             self.export_onnx(path)
         prep = self.spec_.preprocessing
         batch = next(iter_batches(check_paths, prep, len(check_paths)))
-        return check_parity(self.model_, path, batch)
+        stage = f"stage{self.spec_.stage_index(self.plan_.cut)}" if composed else None
+        return check_parity(self.model_, path, batch, stage_output=stage)
 
     # ------------------------------------------------------------- predict
     def _check_fitted(self) -> None:

@@ -115,12 +115,29 @@ def _save_with_metadata(proto: onnx.ModelProto, path: Path, metadata: dict) -> P
     return write_atomic(path, proto.SerializeToString(), fix=fix)
 
 
+def _session_with_output(onnx_path: Path, name: str):
+    """A session on the graph at `onnx_path` that also returns its tensor `name`."""
+    proto = onnx.load(str(onnx_path))
+    if name not in {out for node in proto.graph.node for out in node.output}:
+        raise ExportError(f"'{onnx_path}' has no tensor {name!r} to check the backbone cut at")
+    proto.graph.output.append(
+        onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+    )
+    return ort.InferenceSession(proto.SerializeToString(), providers=ort_providers())
+
+
 def copy_to_cpu_eval(model: nn.Module) -> nn.Module:
     return model.to("cpu", memory_format=torch.contiguous_format).eval()
 
 
 def check_parity(
-    model: ExportModel, onnx_path: Path, batch: np.ndarray, atol: float = 1e-4, rtol: float = 1e-5
+    model: ExportModel,
+    onnx_path: Path,
+    batch: np.ndarray,
+    atol: float = 1e-4,
+    rtol: float = 1e-5,
+    stage_output: str | None = None,
+    full_images: int = 2,
 ):
     """Run the same real images through torch and onnxruntime; raise ExportError on mismatch.
 
@@ -128,17 +145,37 @@ def check_parity(
     logits below 10; heads with logits in the hundreds get float32's relative precision)
     and every top-1 agrees. Returns n_images, max_abs_diff, tolerance, top1_agreement and
     the providers used.
+
+    `stage_output` names the backbone features inside a graph made by `compose_onnx`. Its
+    backbone part is the embedding graph, which was checked against torch when it was
+    exported (and by checksum at every reuse), so the torch backbone, the slow part of the
+    check, runs on only the first `full_images` images: the graph's own stage features of
+    every image go through the torch head (checks the head and the join), and the first
+    `full_images` also through the whole torch model (checks the cut end to end). Both at
+    the same tolerance; `torch_full_images` in the result says how many took the full path.
     """
     model = copy_to_cpu_eval(model)
-    with torch.inference_mode():
-        expected = model(torch.from_numpy(batch)).numpy()
-    session = ort.InferenceSession(str(onnx_path), providers=ort_providers())
-    got = session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+    if stage_output is None:
+        session = ort.InferenceSession(str(onnx_path), providers=ort_providers())
+        got = session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+        with torch.inference_mode():
+            expected = model(torch.from_numpy(batch)).numpy()
+        full = len(batch)
+    else:
+        session = _session_with_output(onnx_path, stage_output)
+        got, feats = session.run([OUTPUT_NAME, stage_output], {INPUT_NAME: batch})
+        full = min(full_images, len(batch))
+        with torch.inference_mode():
+            expected = model.head(torch.from_numpy(feats)).numpy()
+            whole = model(torch.from_numpy(batch[:full])).numpy()
+        expected = np.concatenate([whole, expected])  # rows: full path, then head path
+        got = np.concatenate([got[:full], got])
     diff = float(np.abs(got - expected).max())
     agree = float((got.argmax(1) == expected.argmax(1)).mean())
     tol = atol + rtol * float(np.abs(expected).max())
     result = {
         "n_images": int(len(batch)),
+        "torch_full_images": int(full),
         "max_abs_diff": diff,
         "tolerance": tol,
         "top1_agreement": agree,

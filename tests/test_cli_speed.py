@@ -147,3 +147,87 @@ def test_estimator_params_work_with_sklearn_clone():
     assert repr(est.set_params(lr=0.1)) == "AutoTransfer(epochs=7, lr=0.1, seed=3)"
     with pytest.raises(ValueError, match="Invalid parameter 'nope'"):
         est.set_params(nope=1)
+
+
+def test_cpu_adamw_matches_torch_adamw_bit_for_bit():
+    import torch
+    from torch import nn
+
+    from automl_tl.train import CpuAdamW
+
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 20), torch.randint(0, 3, (64,))
+    heads = [nn.Sequential(nn.Dropout(0.0), nn.Linear(20, 3)) for _ in range(2)]
+    heads[1].load_state_dict(heads[0].state_dict())
+    opts = [
+        torch.optim.AdamW(heads[0].parameters(), lr=1e-2, weight_decay=1e-2),
+        CpuAdamW(heads[1].parameters(), lr=1e-2, weight_decay=1e-2),
+    ]
+    for _ in range(40):
+        for head, opt in zip(heads, opts, strict=True):
+            opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(head(x), y).backward()
+            opt.step()
+    for a, b in zip(heads[0].parameters(), heads[1].parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def composed(tmp_path_factory, digits_dir):
+    """A model.onnx joined from a real exported embedding graph (EfficientNet-Lite0, real
+    weights) cut at stage 4, plus the torch model it stands for and 6 real images."""
+    import numpy as np
+    import torch
+
+    from automl_tl.backbone import FeatureExtractor
+    from automl_tl.export import ExportModel, compose_onnx
+    from automl_tl.plugins import get_plugins
+    from automl_tl.preprocess import batch_to_float, load_for_model
+    from automl_tl.runtime import export_stages
+    from automl_tl.train import LinearHead
+
+    spec = get_plugins().backbone("efficientnet_lite0")
+    net = spec.build()
+    folder = tmp_path_factory.mktemp("composed")
+    graph = folder / "stages.onnx"
+    export_stages(FeatureExtractor(net, spec.preprocessing, 5).eval(), graph, 224)
+    cut, width = 4, spec.stages[4].width
+    rng = np.random.default_rng(0)
+    head = LinearHead(rng.normal(0, 1, width), rng.uniform(0.5, 2, width), 3).eval()
+    model = ExportModel(FeatureExtractor(net, spec.preprocessing, cut), head).eval()
+    path = compose_onnx(graph, f"stage{cut}", head, width, folder / "model.onnx", {"k": "v"})
+    files = sorted(digits_dir.rglob("*.png"))[:6]
+    batch = batch_to_float([load_for_model(f, spec.preprocessing) for f in files])
+    torch.manual_seed(0)
+    return model, path, batch, cut
+
+
+def test_composed_check_passes_on_the_model_it_was_built_from(composed):
+    from automl_tl.export import check_parity
+
+    model, path, batch, cut = composed
+    result = check_parity(model, path, batch, stage_output=f"stage{cut}")
+    assert result["passed"] and result["n_images"] == 6 and result["torch_full_images"] == 2
+
+
+def test_composed_check_catches_a_wrong_head_and_a_wrong_backbone(composed):
+    import copy
+
+    import torch
+
+    from automl_tl.errors import ExportError
+    from automl_tl.export import check_parity
+
+    model, path, batch, cut = composed
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.head.fc.bias[0] += 0.01  # a head other than the one exported
+    with pytest.raises(ExportError, match="disagrees with torch"):
+        check_parity(other, path, batch, stage_output=f"stage{cut}")
+    # A backbone other than the one in the graph: the head path cannot see it (it feeds the
+    # graph's own features to the torch head); the full torch path on 2 images must.
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.extractor.net.model._conv_stem.weight.mul_(1.01)
+    with pytest.raises(ExportError, match="disagrees with torch"):
+        check_parity(other, path, batch, stage_output=f"stage{cut}")
