@@ -141,10 +141,36 @@ def test_fit_goes_on_with_a_full_cache_and_caches_again_once_freed(
     report = FeatureStore(cache).verify()
     assert report["ok"] is True and report["bad_shards"] == 0 and report["bad_entries"] == 0
     assert report["temp_files"] == 0 and report["orphan_files"] == 0 and report["entries"] > 0
-    fs.fill()  # an existing cache on a full disk: its WAL index cannot even be mapped
+    fs.fill()  # a warm cache on a full disk: everything is read, nothing needs writing
     third = _fit(digits, cache, tmp_path / "run3")
-    assert capfd.readouterr().err.count(WARNING) == 1
-    assert third.metrics_["feature_cache"]["not_stored"] == n and third.history_ == full.history_
+    assert WARNING not in capfd.readouterr().err
+    assert third.metrics_["feature_cache"]["hits"] == n and third.history_ == full.history_
+
+
+def test_existing_cache_reopened_on_a_full_disk(small_fs):
+    """Reopening a cache on a full disk cannot map its WAL index (SQLITE_IOERR_SHMSIZE):
+    that is a full disk too, reported with the index path, and a memo falls back to memory."""
+    from automl_tl.console import Console
+    from automl_tl.memo import Memo
+
+    fs = small_fs("cache", "512k")
+    store = FeatureStore(fs.path)
+    space = store.space_id({"backbone": "x"})
+    store.put(space, ["a", "b"], {"s": np.ones((2, 4), dtype=np.float32)})
+    store.close()
+    Memo(fs.path).close()
+    fs.fill()
+    with pytest.raises(DiskFullError, match=r"features/index\.sqlite' \(needs more space, 0 B"):
+        FeatureStore(fs.path).space_id({"backbone": "x"})
+    out = io.StringIO()
+    memo = Memo(fs.path, Console(stream=out))
+    memo.put("ns", "k", [1])
+    assert memo.get("ns", "k") == [1]  # kept for this run, in memory
+    warned = out.getvalue()
+    assert warned.count("WARNING: feature cache full") == 1 and "memo.sqlite" in warned
+    memo.close()
+    fs.unfill()
+    assert FeatureStore(fs.path).verify()["entries"] == 2
 
 
 def test_cache_filling_up_mid_run_is_simulated(digits, tmp_path, monkeypatch, capfd):
