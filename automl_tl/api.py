@@ -171,7 +171,10 @@ class AutoTransfer(BaseEstimator):
             self.export_check_ = {}
             return self
         composed = features.onnx_path() if strategy.kind != "images" else None
-        self.export_check_ = self._export(self.onnx_path_, [s.path for s in val[:16]], composed)
+        stored = features.rows(val[:16], plan.cut).dequantize().numpy() if composed else None
+        self.export_check_ = self._export(
+            self.onnx_path_, [s.path for s in val[:16]], composed, stored
+        )
         self.metrics_["export_check"] = self.export_check_
         for name, obj in (
             ("plan.json", plan.to_dict()),
@@ -399,7 +402,9 @@ class AutoTransfer(BaseEstimator):
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
 
-    def _export(self, path: Path, check_paths: list[Path], composed: Path | None) -> dict:
+    def _export(
+        self, path: Path, check_paths: list[Path], composed: Path | None, stored=None
+    ) -> dict:
         """Write model.onnx (joined to the embedding graph when there is one, else traced)
         and check it against the torch model on real held-out images."""
         if composed is not None:
@@ -417,7 +422,7 @@ class AutoTransfer(BaseEstimator):
         prep = self.spec_.preprocessing
         batch = next(iter_batches(check_paths, prep, len(check_paths)))
         stage = f"stage{self.spec_.stage_index(self.plan_.cut)}" if composed else None
-        return check_parity(self.model_, path, batch, stage_output=stage)
+        return check_parity(self.model_, path, batch, stage_output=stage, reference=stored)
 
     # ------------------------------------------------------------- predict
     def _check_fitted(self) -> None:

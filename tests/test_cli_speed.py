@@ -231,3 +231,22 @@ def test_composed_check_catches_a_wrong_head_and_a_wrong_backbone(composed):
         other.extractor.net.model._conv_stem.weight.mul_(1.01)
     with pytest.raises(ExportError, match="disagrees with torch"):
         check_parity(other, path, batch, stage_output=f"stage{cut}")
+
+
+def test_composed_check_against_cached_features(composed):
+    import numpy as np
+    import torch
+
+    from automl_tl.errors import ExportError
+    from automl_tl.export import check_parity
+
+    model, path, batch, cut = composed
+    with torch.inference_mode():
+        cached = model.extractor(torch.from_numpy(batch)).numpy().astype(np.float16)
+    result = check_parity(model, path, batch, stage_output=f"stage{cut}", reference=cached)
+    assert result["passed"] and result["torch_full_images"] == 0
+    wrong = cached.astype(np.float32) * 1.05  # features the head was not trained on
+    with pytest.raises(ExportError, match=r"differ from the cached ones by 4\.8%"):
+        check_parity(model, path, batch, stage_output=f"stage{cut}", reference=wrong)
+    with pytest.raises(ExportError, match="computes features of shape"):
+        check_parity(model, path, batch, stage_output=f"stage{cut}", reference=cached[:, :10])
