@@ -63,7 +63,7 @@ def _fit_options(func):
         click.option(
             "--similarity-pvalue",
             type=float,
-            help="Threshold: similar when the median p-value >= P (default 0.5).",
+            help="Threshold of the similarity p-value (default 0.5); docs/analysis.md.",
         ),
         click.option("--time-budget", type=float, help="Seconds; may demote fine-tuning."),
         click.option("--finetune-epochs", default=10, show_default=True),

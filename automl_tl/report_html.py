@@ -238,6 +238,19 @@ def _stage_table(profile: dict, cut) -> str:
     return _table(head, rows, numeric=(1, 2), mark=stages.index(cut) if cut in stages else -1)
 
 
+def _evidence(sim: dict) -> str:
+    """The drift and probe-peak evidence of the similarity verdict, when recorded."""
+    ev = _dict(sim.get("verdict_evidence"))
+    text = ""
+    if ev.get("drift_median") is not None:
+        text += f"; median BatchNorm drift {_num(ev['drift_median'])} (threshold "
+        text += f"{_num(ev.get('drift_threshold'))})"
+    if ev.get("probe_last") is not None:
+        text += f"; last-stage probe {_num(ev.get('probe_last_acc'))} vs best "
+        text += f"{_e(ev.get('probe_best'))} {_num(ev.get('probe_best_acc'))}"
+    return text
+
+
 def _verdicts(profile: dict) -> list[list[str]]:
     facts, sim = [], _dict(profile.get("similarity"))
     if profile.get("size"):
@@ -250,7 +263,7 @@ def _verdicts(profile: dict) -> list[list[str]]:
             f"median p-value {_num(sim.get('median_pvalue'))}, nearest-neighbour cosine "
             f"{_num(sim.get('median_score'))} vs the bank's own "
             f"{_num(sim.get('bank_median_score'))}, {_pct(sim.get('share_below_bank_q05'))} "
-            f"below the bank's 5% quantile ({_e(sim.get('bank', ''))})"
+            f"below the bank's 5% quantile ({_e(sim.get('bank', ''))})" + _evidence(sim)
             if sim
             else "not measured (no source bank)"
         )
