@@ -1,4 +1,4 @@
-"""Run every speed benchmark of issue #5 and write one markdown report.
+"""Run every speed benchmark of issues #5 and #10 and write one markdown report.
 
     python benchmarks/run_all.py [--out benchmarks/RESULTS.md] [--quick]
 
@@ -25,12 +25,14 @@ BENCHES = [
     ("Compiled ops vs the pure-torch fallback", "bench_ops.py", []),
     ("Head training on cached features vs scikit-learn", "bench_head.py", []),
     ("Case-1 fit vs a tutorial loop; warm cache; exported model", "bench_fit.py", []),
+    ("CLI response: --help, predict, warm re-fit vs import torch", "bench_cli.py", []),
 ]
 QUICK = {
     "bench_embed.py": ["--images", "128", "--rounds", "2", "--skew-images", "50"],
     "bench_ops.py": ["--samples", "300"],
     "bench_head.py": ["--repeats", "1"],
     "bench_fit.py": ["--epochs", "5"],
+    "bench_cli.py": ["--runs", "3", "--fits", "2"],
 }
 
 
