@@ -6,15 +6,18 @@ import io
 import json
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
 
 from .errors import ExportError
 from .report import write_atomic
+
+if TYPE_CHECKING:
+    import onnx
 
 __all__ = [
     "ExportModel",
@@ -48,6 +51,8 @@ def ort_providers() -> list[str]:
 
 def export_onnx(model: ExportModel, path: Path, crop_size: int, metadata: dict) -> Path:
     """Write one ONNX graph with a dynamic batch axis and JSON metadata; atomic on success."""
+    import onnx  # imported on use: its import (ml_dtypes) costs ~1 s of CPU
+
     path = Path(path)
     model = copy_to_cpu_eval(model)
     dummy = torch.rand(2, 3, crop_size, crop_size)
@@ -69,6 +74,8 @@ def export_onnx(model: ExportModel, path: Path, crop_size: int, metadata: dict) 
 
 def _head_graph(head: nn.Module, width: int) -> onnx.ModelProto:
     """The head alone as ONNX: (batch, width) features -> (batch, classes) logits."""
+    import onnx  # imported on use: its import (ml_dtypes) costs ~1 s of CPU
+
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -91,6 +98,8 @@ def compose_onnx(
     """Like export_onnx, without re-tracing the backbone: the graph already exported for
     embedding (input "image", pooled stage features as outputs) is cut at `stage_output`
     and joined to the head, which alone is traced. Atomic on success."""
+    import onnx  # imported on use: its import (ml_dtypes) costs ~1 s of CPU
+
     path = Path(path)
     backbone = onnx.load(str(backbone_onnx))
     if backbone.graph.input[0].name != INPUT_NAME:
@@ -105,6 +114,8 @@ def compose_onnx(
 
 def _save_with_metadata(proto: onnx.ModelProto, path: Path, metadata: dict) -> Path:
     """Add metadata, check, and publish `proto` at `path` atomically."""
+    import onnx  # imported on use: its import (ml_dtypes) costs ~1 s of CPU
+
     del proto.metadata_props[:]
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
@@ -133,6 +144,8 @@ def _check_features(got: np.ndarray, stored: np.ndarray, onnx_path: Path) -> Non
 
 def _session_with_output(onnx_path: Path, name: str):
     """A session on the graph at `onnx_path` that also returns its tensor `name`."""
+    import onnx  # imported on use: its import (ml_dtypes) costs ~1 s of CPU
+
     proto = onnx.load(str(onnx_path))
     if name not in {out for node in proto.graph.node for out in node.output}:
         raise ExportError(f"'{onnx_path}' has no tensor {name!r} to check the backbone cut at")
