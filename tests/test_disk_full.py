@@ -320,3 +320,20 @@ def test_any_full_disk_error_is_one_cli_line(capsys):
         r"folder\n",
         err,
     ), err
+
+
+def test_onnx_export_into_a_full_cache_falls_back_to_torch(small_fs, capfd):
+    """The backbone's onnxruntime export (about 14 MB) does not fit in the cache: the run
+    embeds with torch after the one warning, and no refusal is recorded, so a later run with
+    space exports as usual; no partial export is left."""
+    from automl_tl.features import FeatureCache
+    from automl_tl.plugins import get_plugins
+
+    fs = small_fs("cache", "2m")
+    spec = get_plugins().backbone("efficientnet_lite0")
+    feats = FeatureCache(spec, spec.build(), fs.path, engine="onnxruntime")
+    assert feats.runner(1000).engine == "torch"
+    err = capfd.readouterr().err
+    assert err.count(WARNING) == 1 and f"{fs.path}/models/" in err and ".onnx'" in err
+    assert sorted(p.name for p in (fs.path / "models").iterdir()) == []  # no sidecar, no part
+    feats.close()
