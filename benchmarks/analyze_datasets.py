@@ -6,6 +6,8 @@ source classifier's class vectors) and (b) an image bank built once from imagene
         [--datasets hymenoptera_data flowers5 chest_xray mnist] [--out table.md] [--json raw.json]
 
 Each dataset goes through the public path, `AutoTransfer(...).analyze(path)`, once per bank.
+The bank columns give the p-value's own verdict (p >= threshold); the engine's verdict, which
+also weighs BatchNorm drift and the probes, is what `--verdicts` prints.
 imagenet_sample (flat, one image per class, no class folders) is profiled with the similarity
 functions directly as a sanity row: the source domain itself should come out 'similar'. Its
 image-bank p-value is measured split-half (images scored against a bank built from the other
