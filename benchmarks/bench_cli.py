@@ -132,7 +132,7 @@ def main() -> int:
                 f"{predict_s:.2f} s ({predict_s - torch_s:+.2f} s vs import torch)",
             )
         )
-    rows.append(("load average at start / at end (1, 5, 15 min)", f"{load_start} | {_load()}"))
+    rows.append(("load average at start / at end (1, 5, 15 min)", f"{load_start}; {_load()}"))
     head = (
         f"automl-tl CLI wall times on {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; "
         f"targets {'all met' if all(met) else 'NOT all met'}"
