@@ -21,9 +21,18 @@ from .console import Console
 from .data import audit, scan, split, split_summary
 from .distributed import init_distributed
 from .embed import iter_batches
-from .errors import AutoTLError, NotFittedError
+from .errors import AutoTLError, ExportError, NotFittedError
 from .evaluate import classification_metrics
-from .export import ExportModel, check_parity, compose_onnx, export_onnx
+from .export import (
+    ExportModel,
+    check_parity,
+    compose_onnx,
+    composed_key,
+    export_onnx,
+    forget_composed,
+    remember_composed,
+    reuse_composed,
+)
 from .features import FeatureCache
 from .inference import expand_paths
 from .memo import Memo
@@ -36,6 +45,9 @@ from .strategy import HeadTask, ImageTask
 from .train import HeadConfig
 
 __all__ = ["AutoTransfer"]
+
+# The built-in frozen strategies of cases 1 and 2, which the view measurement picks between.
+_FROZEN_BUILTINS = ("linear_head", "cut_head")
 
 
 class AutoTransfer(BaseEstimator):
@@ -151,9 +163,11 @@ class AutoTransfer(BaseEstimator):
         features = self._features(spec, net, console)
         analysis = self._analyse(spec, net, train, val, test, console, features)
         plan = self._plan(analysis, spec, plugins)
+        self.plan_, self.profile_ = plan, analysis.profile
+        if self._searches(plan):
+            self._choose_view(plan, features, train, val, console)
         for reason in plan.reasons:
             console.note(f"plan: {reason}")
-        self.plan_, self.profile_ = plan, analysis.profile
         strategy = plugins.strategy(plan.strategy)
         parts = (train, val, test)
         if strategy.kind == "images":
@@ -171,9 +185,11 @@ class AutoTransfer(BaseEstimator):
             self.export_check_ = {}
             return self
         composed = features.onnx_path() if strategy.kind != "images" else None
-        stored = features.rows(val[:16], plan.cut).dequantize().numpy() if composed else None
+        view = plan.view or plan.cut
+        stored = features.rows(val[:16], view).dequantize().numpy() if composed else None
+        output = f"stage{features.view_names.index(view)}" if composed else None
         self.export_check_ = self._export(
-            self.onnx_path_, [s.path for s in val[:16]], composed, stored
+            self.onnx_path_, [s.path for s in val[:16]], composed, stored, output, console
         )
         self.metrics_["export_check"] = self.export_check_
         for name, obj in (
@@ -247,9 +263,9 @@ class AutoTransfer(BaseEstimator):
         train, val, test = parts
         prep = self.spec_.preprocessing
         cut = self.spec_.stage_index(self.plan_.cut)
-        extractor = FeatureExtractor(net, prep, cut)
+        extractor = FeatureExtractor(net, prep, cut, grid=self.plan_.grid)
         everything = train + val + test
-        rows = features.rows(everything, self.plan_.cut)
+        rows = features.rows(everything, self.plan_.view or self.plan_.cut)
         n_tr, n_va = len(train), len(val)
         y = self._labels(everything)
         rows_train = rows.subset(np.arange(n_tr))
@@ -276,6 +292,42 @@ class AutoTransfer(BaseEstimator):
                 ]
             )
         return result, (pred[:n_tr], pred[n_tr : n_tr + n_va], pred[n_tr + n_va :])
+
+    def _searches(self, plan: Plan) -> bool:
+        """Whether the frozen head's input is measured: for the built-in frozen strategies,
+        unless the user fixed case 1 (last stage, pooled) or named a strategy."""
+        return plan.strategy in _FROZEN_BUILTINS and self.strategy is None and self.case != 1
+
+    def _choose_view(self, plan: Plan, features: FeatureCache, train, val, console) -> None:
+        """Measure a head on every cached view (stage x grid) and put the choice into `plan`
+        (cut, grid, view, case, strategy, reasons, candidates); remembered by content."""
+        from .candidates import choose_view
+
+        last = self.spec_.stages[-1].name
+        y_train, y_val = self._labels(train), self._labels(val)
+        chosen, table, reason, se = choose_view(
+            features, train, val, y_train, y_val, last, self.seed, console, self.case != 2
+        )
+        case = 1 if chosen.name == last else 2
+        if case != plan.case:
+            plan.reasons.append(
+                f"the measurement overrides the size/similarity rule: case {plan.case} -> "
+                f"case {case}"
+            )
+        plan.case, plan.strategy = case, _FROZEN_BUILTINS[case - 1]
+        plan.cut, plan.grid, plan.view = chosen.stage, chosen.grid, chosen.name
+        plan.candidates = table
+        # The k-NN probes' cut point is a proxy; the measured choice replaces it.
+        plan.reasons = [r for r in plan.reasons if not r.startswith("cut point:")] + [reason]
+        best = next(c for c in table if c["view"] == chosen.name)
+        acc = best["val_acc"]
+        plan.expected_accuracy = {
+            "low": round(max(0.0, acc - 1.96 * se), 4),
+            "high": round(min(1.0, acc + 1.96 * se), 4),
+            "probe_accuracy": acc,
+            "basis": f"95% interval of the chosen head's validation accuracy on "
+            f"{len(val)} images (chosen among {len(table)} views on that split)",
+        }
 
     def _fit_images(self, strategy, parts, run, console):
         """Fine-tuning strategies: images in, checkpoints in the run folder."""
@@ -399,30 +451,53 @@ class AutoTransfer(BaseEstimator):
             "weights_sha256": file_sha256(weights) if weights else None,
             "case": self.plan_.case,
             "cut": self.plan_.cut,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "grid": self.plan_.grid,
         }
 
     def _export(
-        self, path: Path, check_paths: list[Path], composed: Path | None, stored=None
+        self,
+        path: Path,
+        check_paths: list[Path],
+        composed: Path | None,
+        stored=None,
+        output: str | None = None,
+        console: Console | None = None,
     ) -> dict:
-        """Write model.onnx (joined to the embedding graph when there is one, else traced)
-        and check it against the torch model on real held-out images."""
-        if composed is not None:
-            cut = self.spec_.stage_index(self.plan_.cut)
-            compose_onnx(
-                composed,
-                f"stage{cut}",
-                self.model_.head,
-                self.spec_.stages[cut].width,
-                path,
-                self._metadata(),
-            )
-        else:
-            self.export_onnx(path)
+        """Write model.onnx (joined to the embedding graph's `output` when there is one, else
+        traced) and check it against the torch model on real held-out images.
+
+        A joined model is remembered by content beside the embedding graph: a warm re-fit
+        that ends with the same head publishes the remembered file (sha256-verified) instead
+        of composing it again, and the same check runs on it; one that fails the check is
+        forgotten and composed afresh. The model's metadata holds no time for that reason;
+        when it was made goes to metrics.json."""
+        self.metrics_["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         prep = self.spec_.preprocessing
         batch = next(iter_batches(check_paths, prep, len(check_paths)))
-        stage = f"stage{self.spec_.stage_index(self.plan_.cut)}" if composed else None
-        return check_parity(self.model_, path, batch, stage_output=stage, reference=stored)
+
+        def check() -> dict:
+            return check_parity(self.model_, path, batch, stage_output=output, reference=stored)
+
+        if composed is None:
+            self.export_onnx(path)
+            return check()
+        from .runtime import _read_sidecar
+
+        record = _read_sidecar(composed)  # features.onnx_path() verified it just now
+        graph_sha = record["sha256"] if record else file_sha256(composed)
+        meta = self._metadata()
+        key = composed_key(graph_sha, output, self.model_.head, meta)
+        if reuse_composed(composed, key, path):
+            try:
+                return {**check(), "reused_composition": True}
+            except ExportError:  # not the model of this key after all: replaced below
+                forget_composed(composed, key)
+        cut = self.spec_.stage_index(self.plan_.cut)
+        width = self.spec_.stages[cut].width * self.plan_.grid**2
+        compose_onnx(composed, output, self.model_.head, width, path, meta)
+        result = {**check(), "reused_composition": False}
+        remember_composed(composed, key, path, console)  # only a model that passed
+        return result
 
     # ------------------------------------------------------------- predict
     def _check_fitted(self) -> None:

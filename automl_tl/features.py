@@ -15,6 +15,7 @@ import torch
 from . import ops
 from .backbone import BackboneSpec, FeatureExtractor, file_sha256
 from .cache import FeatureStore, StoredRows
+from .candidates import frozen_views
 from .console import Console
 from .data import Sample
 from .decode import decoder_id, load_image
@@ -97,15 +98,23 @@ class FeatureCache:
         self.memo = Memo(self.root, self.console)
         self.engine, self.batch_size, self.chunk = engine, batch_size, chunk
         self.stage_names = [s.name for s in spec.stages]
+        # Every candidate input of a frozen head (stage x pooling grid), from one forward pass.
+        self.views = frozen_views(spec)
+        self.view_names = [v.name for v in self.views]
         prep = spec.preprocessing
-        self.extractor = FeatureExtractor(self.net, prep, len(spec.stages) - 1).eval()
+        self.extractor = FeatureExtractor(
+            self.net,
+            prep,
+            len(spec.stages) - 1,
+            views=[(v.stage_index, v.grid) for v in self.views],
+        ).eval()
         self.model_key = extractor_key(self.extractor, prep.crop_size)
         self.description = {
             "backbone": spec.name,
             "model": self.model_key,
             "preprocessing": prep.to_dict(),
             "decoder": DECODER,
-            "stages": self.stage_names,
+            "stages": self.view_names,
         }
         self._dtype = dtype
         self._memory: _MemoryRows | None = None  # set once the cache's disk is full
@@ -131,7 +140,7 @@ class FeatureCache:
     def _missing(self, samples: Sequence[Sample]) -> list[Sample]:
         digests = [s.digest for s in samples]
         gaps: set[int] = set()
-        for stage in self.stage_names:
+        for stage in self.view_names:
             if self._store_ok:
                 miss = self.store.missing(self.space, stage, digests)
             else:
@@ -212,7 +221,7 @@ class FeatureCache:
 
     def _put(self, samples: list[Sample], pending: list[list[np.ndarray]]) -> None:
         stages = {
-            name: np.concatenate([p[i] for p in pending]) for i, name in enumerate(self.stage_names)
+            name: np.concatenate([p[i] for p in pending]) for i, name in enumerate(self.view_names)
         }
         digests = [s.digest for s in samples]
         if self._memory is None:
@@ -261,6 +270,13 @@ class FeatureCache:
         self.ensure(samples)
         digests = [s.digest for s in samples]
         return [self._get(name, digests) for name in self.stage_names]
+
+    def view_rows(self, samples: Sequence[Sample]):
+        """A function view name -> stored rows of `samples` (computed first where missing,
+        once for all views)."""
+        self.ensure(samples)
+        digests = [s.digest for s in samples]
+        return lambda name: self._get(name, digests)
 
     def onnx_path(self) -> Path | None:
         """The verified all-stage ONNX graph (outputs "stage<i>") when the engine is

@@ -170,6 +170,11 @@ class Plan:
     reasons: list[str] = field(default_factory=list)
     profile: dict = field(default_factory=dict)
     expected_accuracy: dict = field(default_factory=dict)
+    # The frozen head's input: `cut` pooled to grid x grid (`view` is its feature-cache key),
+    # and every candidate view measured on the validation split (automl_tl.candidates).
+    grid: int = 1
+    view: str = ""
+    candidates: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -285,7 +285,32 @@ def _decision(plan: dict, profile: dict) -> str:
         items = "".join(f"<li>{_e(r)}</li>" for r in plan["reasons"])
         body += f"<h3>Why this plan</h3><ol>{items}</ol>"
     body += "<h3>Cut points</h3>" + _stage_table(profile, plan.get("cut"))
+    body += _candidates(plan)
     return _section("decision", "Profile and decision", body)
+
+
+def _candidates(plan: dict) -> str:
+    """Every frozen head measured (stage x pooling grid), the chosen one marked."""
+    cands = [c for c in plan.get("candidates") or [] if isinstance(c, dict)]
+    if not cands:
+        return ""
+    chosen = plan.get("view") or plan.get("cut")
+    rows = [
+        [
+            _e(c.get("view")) + (" ◀ chosen" if c.get("view") == chosen else ""),
+            _e(f"{c.get('grid')}×{c.get('grid')}"),
+            _e(c.get("width")),
+            _bar(c.get("val_acc")) + _num(c.get("val_acc"), ".4f"),
+            _num(c.get("val_loss"), ".4f"),
+            _e(f"{c.get('C'):g}") if _ok(c.get("C")) else "–",
+            _e(c.get("train_rows")),
+        ]
+        for c in cands
+    ]
+    head = ["view", "grid", "features", "validation accuracy", "loss", "C", "training rows"]
+    mark = next((i for i, c in enumerate(cands) if c.get("view") == chosen), -1)
+    title = "<h3>Frozen heads measured (one per stage and pooling grid)</h3>"
+    return title + _table(head, rows, numeric=(2, 3, 4, 5, 6), mark=mark)
 
 
 def _chart(name: str, series: list[tuple[str, str, list]], epochs: list, best, y_max) -> str:
@@ -336,6 +361,9 @@ def _chart(name: str, series: list[tuple[str, str, list]], epochs: list, best, y
 
 def _curves(metrics: dict) -> str:
     history = [r for r in metrics.get("history") or [] if isinstance(r, dict) and "epoch" in r]
+    path = [r for r in metrics.get("history") or [] if isinstance(r, dict) and "C" in r]
+    if path and not history:
+        return _section("curves", "Regularisation path", _path(path, metrics.get("best_epoch")))
     if not history:
         return _section("curves", "Training curves", _none("The training history"))
     epochs, best = [r["epoch"] for r in history], metrics.get("best_epoch")
@@ -421,6 +449,19 @@ def _export(check: dict) -> str:
 
 
 # ---------------------------------------------------------------- public API
+def _path(path: list[dict], best) -> str:
+    """The logistic-regression head's L2 path: validation accuracy and loss per C."""
+    rows = [
+        [_e(f"{r.get('C'):g}"), _bar(r.get("val_acc")) + _num(r.get("val_acc"), ".4f"),
+         _num(r.get("val_loss"), ".4f")]
+        for r in path
+    ]  # fmt: skip
+    mark = (best - 1) if isinstance(best, int) else -1
+    text = "<p>The linear head is solved exactly for each L2 strength C (larger C, weaker "
+    text += "regularisation); the one with the best validation accuracy is kept.</p>"
+    return text + _table(["C", "validation accuracy", "validation loss"], rows, (1, 2), mark)
+
+
 def render_report(data: dict) -> str:
     """The whole report as one HTML string (see the module docstring for `data`)."""
     data = _dict(data)

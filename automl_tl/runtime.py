@@ -152,7 +152,8 @@ def _fingerprint(extractor: FeatureExtractor, crop_size: int) -> tuple | None:
     """Cheap identity of the current weights (storage + in-place version counters)."""
     try:
         state = extractor.state_dict(keep_vars=True).values()
-        return (extractor.cut, crop_size, *((t.data_ptr(), t._version) for t in state))
+        views = getattr(extractor, "views", ())
+        return (extractor.cut, views, crop_size, *((t.data_ptr(), t._version) for t in state))
     except RuntimeError:  # inference tensors have no version counter
         return None
 
@@ -168,6 +169,9 @@ def extractor_key(extractor: FeatureExtractor, crop_size: int) -> str:
     h.update(
         f"{type(net).__module__}.{type(net).__qualname__}|{extractor.cut}|{crop_size}".encode()
     )
+    views = getattr(extractor, "views", None)  # the graph's outputs: (stage, grid) pairs
+    if views is not None and tuple(views) != tuple((i, 1) for i in range(extractor.cut + 1)):
+        h.update(f"|views {list(views)}".encode())
     h.update(torch.__version__.encode())
     for name, value in extractor.state_dict().items():
         t = value.detach().to("cpu", memory_format=torch.contiguous_format)

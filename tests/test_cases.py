@@ -14,6 +14,7 @@ import onnx
 import pytest
 
 from automl_tl import AutoTransfer
+from automl_tl.candidates import frozen_views
 from automl_tl.embed import iter_batches
 from automl_tl.export import check_parity
 from automl_tl.finetune import CHECKPOINT_NAME, load_checkpoint
@@ -95,22 +96,30 @@ def test_case2_cuts_the_backbone_at_the_planned_stage(case1, case2):
     assert model.plan_.case == plan["case"] == 2 and plan["strategy"] == "cut_head"
     cut = plan["cut"]
     assert cut == model.plan_.cut and cut != spec.stages[-1].name
-    assert f"cut point: '{cut}'" in "\n".join(plan["reasons"])
+    grid, view = plan["grid"], plan["view"]
+    assert view == (cut if grid == 1 else f"{cut}@{grid}x{grid}")
+    assert f"frozen head: '{view}'" in "\n".join(plan["reasons"])
+    # --case 2: every view but the last stage pooled was measured, the best one kept
+    tried = {c["view"]: c for c in plan["candidates"]}
+    assert len(tried) == len(frozen_views(spec)) - 1 and spec.stages[-1].name not in tried
+    best = max(tried.values(), key=lambda c: (c["val_acc"], -c["val_loss"]))
+    assert tried[view] == best
     assert model.model_.extractor.cut == spec.stage_index(cut)
-    width = spec.stages[spec.stage_index(cut)].width
-    assert model.model_.head.fc.in_features == width
+    assert model.model_.extractor.grid == grid
+    width = spec.stages[spec.stage_index(cut)].width * grid * grid
+    assert model.model_.head.fc.in_features == width == tried[view]["width"]
     proto = onnx.load(str(model.onnx_path_))
     meta = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(meta["automl_tl.provenance"])["cut"] == cut
     # the exported graph really is truncated: fewer convolutions than the full backbone
     ops_full, ops_cut = onnx_ops(case1[1].onnx_path_), onnx_ops(model.onnx_path_)
-    assert ops_cut.count("Conv") < ops_full.count("Conv") and len(ops_cut) < len(ops_full)
+    assert ops_cut.count("Conv") < ops_full.count("Conv")
     assert model.export_check_["passed"]
     check = parity_on(model, unused_images(src, ["0", "1", "7"], 100, 3))
     assert check["passed"] and check["n_images"] == 9
-    probe = plan["profile"]["probes"][cut]
     band = plan["expected_accuracy"]
-    assert band["probe_accuracy"] == round(probe, 4) and band["low"] <= probe <= band["high"]
+    acc = tried[view]["val_acc"]
+    assert band["probe_accuracy"] == acc and band["low"] <= acc <= band["high"]
 
 
 # ------------------------------------------------------------ cases 3 and 4 (fine-tuning)

@@ -28,8 +28,12 @@ def test_run_folder_contents(fitted):
         assert (fitted.run_dir_ / name).is_file(), name
     plan = json.loads((fitted.run_dir_ / "plan.json").read_text())
     assert plan["backbone"] == "efficientnet_lite0" and plan["reasons"]
-    verdict = plan["profile"]["size"], plan["profile"]["similar"]
-    assert plan["case"] == {("small", "similar"): 1, ("small", "different"): 2}[verdict]
+    # small data: a frozen head, on the view measured best (case 1 = the last stage pooled)
+    assert plan["profile"]["size"] == "small" and len(plan["candidates"]) == 23
+    assert plan["case"] == (1 if plan["view"] == "head" else 2)
+    ruled = {"similar": 1, "different": 2}[plan["profile"]["similar"]]
+    overridden = f"overrides the size/similarity rule: case {ruled} -> case {plan['case']}"
+    assert (overridden in "\n".join(plan["reasons"])) == (plan["case"] != ruled)
     assert json.loads((fitted.run_dir_ / "classes.json").read_text()) == ["0", "1", "7"]
     metrics = json.loads((fitted.run_dir_ / "metrics.json").read_text())
     val = metrics["validation"]

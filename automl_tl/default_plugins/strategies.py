@@ -16,17 +16,19 @@ if TYPE_CHECKING:
 
 
 def _linear_head(task: HeadTask) -> TrainResult:
-    from ..train import train_head
+    """L2-regularised logistic regression solved exactly, its strength chosen on validation
+    (automl_tl.logreg): the tuned linear head, without epochs or a learning rate."""
+    from ..logreg import fit_logreg, logreg_result
 
-    return train_head(  # batches gathered from the stored rows by the compiled op
+    result = fit_logreg(
         task.rows_train if task.rows_train is not None else task.x_train,
         task.y_train,
         task.rows_val if task.rows_val is not None else task.x_val,
         task.y_val,
         task.n_classes,
-        task.config,
-        task.console,
+        console=task.console,
     )
+    return logreg_result(result)
 
 
 def _finetune_from(task: ImageTask, pretrained: bool, config):
@@ -100,7 +102,7 @@ def register_strategies(register):
     register(
         StrategySpec(
             name="linear_head",
-            description="freeze the backbone, train a new linear head on its pooled features",
+            description="freeze the backbone, train a linear head on the last stage, pooled",
             fit=_linear_head,
             case=1,
         )
@@ -108,8 +110,8 @@ def register_strategies(register):
     register(
         StrategySpec(
             name="cut_head",
-            description="cut the frozen backbone at the stage the probes pick, train a "
-            "linear head on that stage's pooled features",
+            description="cut the frozen backbone at the stage and pooling grid whose head "
+            "validates best, train a linear head there",
             fit=_linear_head,
             case=2,
         )

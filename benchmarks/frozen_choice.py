@@ -1,0 +1,145 @@
+"""Is the automatic frozen choice right? An oracle over every frozen candidate, per dataset.
+
+    python benchmarks/frozen_choice.py [--datasets hymenoptera_data,flowers5,...] [--out FILE]
+
+For each dataset: the fit's own split (validation carved from train when there is no val/
+folder, test/ kept apart), the view the fit chooses (automl_tl.candidates.choose_view, on the
+validation split), then a head for EVERY view (stage x pooling grid; C chosen on validation)
+scored on the test split, or on validation where the dataset has no test split. Printed per
+dataset: the chosen view and its score, the best view on the scoring split (the oracle) and
+the gap; also the last stage globally pooled (case 1), and baselines: the k-NN probes' cut
+(the old rule) and logistic regression on raw pixels (images resized to 16x16, grey).
+Nothing here chooses on the test split: the oracle column is what a chooser that could see the
+test labels would get, the ceiling the real choice is measured against.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from automl_tl.candidates import choose_view
+from automl_tl.console import Console
+from automl_tl.data import audit, scan, split
+from automl_tl.features import FeatureCache
+from automl_tl.logreg import fit_logreg
+from automl_tl.plugins import get_plugins
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+DEFAULT = "demo-digits,hymenoptera_data,flowers5,chest_xray,mnist"
+
+
+def _accuracy(head, rows, y) -> float:
+    with torch.no_grad():
+        x = rows.dequantize() if hasattr(rows, "dequantize") else torch.as_tensor(rows)
+        return float((head(x).argmax(1).numpy() == y).mean())
+
+
+def _raw_pixels(samples, size: int = 16) -> np.ndarray:
+    from PIL import Image
+
+    out = np.empty((len(samples), size * size), dtype=np.float32)
+    for i, s in enumerate(samples):
+        with Image.open(s.path) as img:
+            out[i] = np.asarray(img.convert("L").resize((size, size)), np.float32).ravel() / 255
+    return out
+
+
+def _dataset(name: str, tmp: Path) -> Path | None:
+    if name == "demo-digits":
+        from automl_tl.demo import write_digits
+
+        return write_digits(tmp / "demo-digits")
+    path = SHARED / name
+    return path if path.is_dir() else None
+
+
+def run(name: str, data: Path, cache: Path, seed: int, console: Console) -> dict:
+    spec = get_plugins().backbone("efficientnet_lite0")
+    report = audit(scan(data), console)
+    train, val, test = split(report.samples, 0.2, seed)
+    classes = report.classes
+    lab = lambda part: np.array([classes.index(s.label) for s in part])  # noqa: E731
+    y_tr, y_va, y_te = lab(train), lab(val), lab(test)
+    score_part, y_sc, split_name = (test, y_te, "test") if test else (val, y_va, "validation")
+    net = spec.build()
+    features = FeatureCache(spec, net, cache, console=console)
+    t0 = time.perf_counter()
+    features.ensure(train + val + test)
+    embed_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    chosen, table, reason, se = choose_view(
+        features, train, val, y_tr, y_va, spec.stages[-1].name, seed, console
+    )
+    choose_s = time.perf_counter() - t0
+    r_tr, r_va, r_sc = (features.view_rows(p) for p in (train, val, score_part))
+    scores = {}
+    for v in features.views:
+        res = fit_logreg(r_tr(v.name), y_tr, r_va(v.name), y_va, len(classes))
+        scores[v.name] = (_accuracy(res.head, r_sc(v.name), y_sc), res.val_acc)
+    best = max(scores, key=lambda n: scores[n][0])
+    px = fit_logreg(_raw_pixels(train), y_tr, _raw_pixels(val), y_va, len(classes))
+    px_score = _accuracy(px.head, _raw_pixels(score_part), y_sc)
+    bytes_per_image = sum(v.width for v in features.views) * (2 if features.space else 2)
+    return {
+        "dataset": name,
+        "split": f"{len(train)}/{len(val)}/{len(test)}",
+        "scored on": split_name,
+        "chosen": chosen.name,
+        "chosen score": scores[chosen.name][0],
+        "oracle": best,
+        "oracle score": scores[best][0],
+        "gap (pt)": 100 * (scores[best][0] - scores[chosen.name][0]),
+        "case 1": scores[spec.stages[-1].name][0],
+        "raw pixels LR": px_score,
+        "embed s": embed_s,
+        "choose s": choose_s,
+        "values/img": bytes_per_image // 2,
+        "reason": reason,
+        "all": scores,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--datasets", default=DEFAULT)
+    ap.add_argument("--cache", default=None, help="feature cache folder (default: a temp one)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="also write the markdown table here")
+    args = ap.parse_args()
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="frozen-choice-"))
+    cache = Path(args.cache) if args.cache else tmp / "cache"
+    console = Console(quiet=False)
+    rows = []
+    for name in args.datasets.split(","):
+        data = _dataset(name, tmp)
+        if data is None:
+            print(f"skipped {name}: {SHARED / name} is absent", file=sys.stderr)
+            continue
+        r = run(name, data, cache, args.seed, console)
+        rows.append(r)
+        print(f"{name}: {r['reason']}", file=sys.stderr)
+        detail = ", ".join(f"{k} {v[0]:.4f}/{v[1]:.4f}" for k, v in r["all"].items())
+        print(f"  every view (scored / validation): {detail}", file=sys.stderr)
+    cols = ["dataset", "split", "scored on", "chosen", "chosen score", "oracle", "oracle score"]
+    cols += ["gap (pt)", "case 1", "raw pixels LR", "embed s", "choose s"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = [f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        Path(args.out).write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
