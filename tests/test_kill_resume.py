@@ -47,8 +47,9 @@ def cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("kill-cache")
 
 
-def fit_args(digits: Path, cache: Path, out: Path, epochs: int = 20) -> list:
-    args = ["fit", digits, "--case", "1", "--batch-size", str(BATCH), "--epochs", str(epochs)]
+def fit_args(digits: Path, cache: Path, out: Path, case: str = "1") -> list:
+    """`--case 1`: one head; `--case 2`: a head measured on every cached view first."""
+    args = ["fit", digits, "--case", case, "--batch-size", str(BATCH)]
     return args + ["--cache-dir", cache, "--out", out]
 
 
@@ -89,23 +90,23 @@ def warm(digits, cache, tmp_path) -> Path:
 
 
 def _kill_in_training(args) -> bool:
-    """SIGKILL the run as soon as its first training epoch is drawn; True when the run had
-    not finished training (everything it wrote before dying was read: no final bar)."""
+    """SIGKILL the run as soon as its frozen heads start being fitted (the `candidates` bar:
+    one head per cached view); True when the run had not finished them (no final bar)."""
     run = Watched(args, nice=10)
-    run.wait_for(lambda s: _bar(s, "train"), 900)
+    run.wait_for(lambda s: _bar(s, "candidates"), 900)
     assert run.kill() == -signal.SIGKILL
-    return not any(s.final and _bar(s, "train") for s in run.segments)
+    return not any(s.final and _bar(s, "candidates") for s in run.segments)
 
 
 def test_sigkill_in_head_training_then_the_same_command_computes_nothing(digits, warm, tmp_path):
     n = len(list(digits.rglob("*.png")))
     out = tmp_path / "run"
-    args = fit_args(digits, warm, out, epochs=2000)
-    for _ in range(4):  # head training on 260 rows takes ~0.2 s: a busy machine may miss it
+    args = fit_args(digits, warm, out, case="2")
+    for _ in range(4):  # 23 heads take a few seconds: a busy machine may still miss them
         if _kill_in_training(args):
             break
     else:
-        pytest.fail("four kills aimed at head training all landed after it")
+        pytest.fail("four kills aimed at head fitting all landed after it")
     assert not (out / "metrics.json").exists()
     assert verify_cache(warm) == (True, "clean")
 
