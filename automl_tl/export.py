@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,16 +16,22 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from .errors import ExportError
+from .errors import DiskFullError, ExportError, OutputError, cache_full_warning
 from .report import write_atomic
 
 if TYPE_CHECKING:
     import onnx
 
+    from .console import Console
+
 __all__ = [
     "ExportModel",
     "export_onnx",
     "compose_onnx",
+    "composed_key",
+    "reuse_composed",
+    "remember_composed",
+    "forget_composed",
     "check_parity",
     "ort_providers",
     "META_PREFIX",
@@ -30,6 +39,7 @@ __all__ = [
 
 META_PREFIX = "automl_tl."
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
+COMPOSED_PREFIX, COMPOSED_KEEP = "composed-", 8  # the composed-model memo: newest 8 kept
 
 
 class ExportModel(nn.Module):
@@ -114,6 +124,11 @@ def compose_onnx(
 
 def _save_with_metadata(proto: onnx.ModelProto, path: Path, metadata: dict) -> Path:
     """Add metadata, check, and publish `proto` at `path` atomically."""
+    return _publish_model(path, _with_metadata(proto, metadata))
+
+
+def _with_metadata(proto: onnx.ModelProto, metadata: dict) -> bytes:
+    """`proto` with `metadata` as its metadata_props, checked and serialised."""
     import onnx  # imported on use: its import (ml_dtypes) costs ~1 s of CPU
 
     del proto.metadata_props[:]
@@ -122,8 +137,113 @@ def _save_with_metadata(proto: onnx.ModelProto, path: Path, metadata: dict) -> P
         entry.key = META_PREFIX + key
         entry.value = value if isinstance(value, str) else json.dumps(value)
     onnx.checker.check_model(proto)
+    return proto.SerializeToString()
+
+
+def _publish_model(path: Path, data: bytes) -> Path:
     fix = "free some space there or write the model to another filesystem"
-    return write_atomic(path, proto.SerializeToString(), fix=fix)
+    return write_atomic(path, data, fix=fix)
+
+
+def composed_key(backbone_sha256: str, stage_output: str, head: nn.Module, metadata: dict) -> str:
+    """What a composed model is made of, as a sha256: the embedding graph (by checksum), the
+    tensor it is cut at, the head (class, structure, every state-dict tensor's bytes), the
+    metadata, and the versions of the code that compose it. Equal keys give equal files."""
+    from importlib.metadata import version
+
+    from . import __version__
+
+    h = hashlib.sha256()
+    for part in (
+        "composed-v1",
+        __version__,
+        torch.__version__,
+        version("onnx"),
+        backbone_sha256,
+        stage_output,
+        f"{type(head).__module__}.{type(head).__qualname__}",
+        repr(head),
+        json.dumps(metadata, sort_keys=True),
+    ):
+        h.update(part.encode() + b"\0")
+    for name, tensor in sorted(head.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode() + b"\0")
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _read_verified(path: Path) -> bytes | None:
+    """The bytes of a memoised model whose sidecar sha256 matches them, else None. The bytes
+    are read once and hashed as read, so what is checked is what gets published."""
+    try:
+        record = json.loads(path.with_suffix(".json").read_text())
+        data = path.read_bytes()
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("sha256") != hashlib.sha256(data).hexdigest():
+        return None
+    return data
+
+
+def _remember(folder: Path, key: str, data: bytes, console: Console | None) -> None:
+    """Keep `data` as the composed model of `key` (file, then its sha256 sidecar, each
+    atomic) and drop all but the newest COMPOSED_KEEP. Never fails the fit: a full disk
+    warns once (like the feature cache), other write errors only skip the memo."""
+    path = folder / f"{COMPOSED_PREFIX}{key}.onnx"
+    record = json.dumps({"sha256": hashlib.sha256(data).hexdigest(), "key": key}).encode()
+    try:
+        write_atomic(path, data)
+        write_atomic(path.with_suffix(".json"), record)
+    except DiskFullError as e:
+        if console is not None:
+            console.warn_once(("cache-full", str(folder.parent)), cache_full_warning(e))
+        return
+    except OutputError:
+        return
+    _prune(folder)
+
+
+def _prune(folder: Path, keep: int = COMPOSED_KEEP) -> None:
+    """Delete all but the `keep` most recently used composed models. A process copying one
+    that is deleted here has it open already (POSIX keeps its bytes) or finds it missing
+    and composes again."""
+    found = []
+    for p in folder.glob(f"{COMPOSED_PREFIX}*.onnx"):
+        with contextlib.suppress(OSError):
+            found.append((p.stat().st_mtime_ns, p))
+    for _, p in sorted(found, reverse=True)[keep:]:
+        for victim in (p, p.with_suffix(".json")):
+            with contextlib.suppress(OSError):
+                victim.unlink()
+
+
+def reuse_composed(backbone_onnx: Path, key: str, path: Path) -> bool:
+    """Publish at `path` the remembered composition of `key` (kept beside the embedding graph
+    `backbone_onnx` as composed-<key>.onnx + .json holding its sha256) when its checksum
+    matches; False (nothing written) when it is missing, damaged or planted. Needs no onnx
+    import, which is most of what composing costs on a warm run."""
+    memo = Path(backbone_onnx).parent / f"{COMPOSED_PREFIX}{key}.onnx"
+    data = _read_verified(memo)
+    if data is None:
+        return False
+    _publish_model(Path(path), data)
+    with contextlib.suppress(OSError):  # most recently used: kept longest by _prune
+        os.utime(memo)
+    return True
+
+
+def forget_composed(backbone_onnx: Path, key: str) -> None:
+    """Drop the remembered composition of `key` (it failed the check of its fit)."""
+    memo = Path(backbone_onnx).parent / f"{COMPOSED_PREFIX}{key}.onnx"
+    for victim in (memo, memo.with_suffix(".json")):
+        with contextlib.suppress(OSError):
+            victim.unlink()
+
+
+def remember_composed(backbone_onnx: Path, key: str, path: Path, console: Console | None) -> None:
+    """Remember the model at `path` (composed and checked) as the composition of `key`."""
+    _remember(Path(backbone_onnx).parent, key, Path(path).read_bytes(), console)
 
 
 def _check_features(got: np.ndarray, stored: np.ndarray, onnx_path: Path) -> None:
@@ -142,17 +262,45 @@ def _check_features(got: np.ndarray, stored: np.ndarray, onnx_path: Path) -> Non
         )
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """One length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _with_float_output(model: bytes, name: str) -> bytes:
+    """The serialised ModelProto `model` with one more graph output: float tensor `name`.
+
+    Written in protobuf's wire format, not with the onnx package (whose import costs about a
+    second): a parser merges a repeated singular message field into the first, so appending
+    ModelProto.graph (7) holding one GraphProto.output (12) appends that output. The
+    ValueInfoProto is name (1) and type (2) = TypeProto.tensor_type (1) with elem_type (1)
+    FLOAT (1), what onnx.helper.make_tensor_value_info(name, FLOAT, None) makes."""
+    tensor_type = _varint(1 << 3 | 0) + _varint(1)
+    value_info = _field(1, name.encode()) + _field(2, _field(1, tensor_type))
+    return model + _field(7, _field(12, value_info))
+
+
 def _session_with_output(onnx_path: Path, name: str):
     """A session on the graph at `onnx_path` that also returns its tensor `name`."""
-    import onnx  # imported on use: its import (ml_dtypes) costs ~1 s of CPU
-
-    proto = onnx.load(str(onnx_path))
-    if name not in {out for node in proto.graph.node for out in node.output}:
-        raise ExportError(f"'{onnx_path}' has no tensor {name!r} to check the backbone cut at")
-    proto.graph.output.append(
-        onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-    )
-    return ort.InferenceSession(proto.SerializeToString(), providers=ort_providers())
+    model = _with_float_output(Path(onnx_path).read_bytes(), name)
+    try:
+        return ort.InferenceSession(model, providers=ort_providers())
+    except Exception as e:
+        if f"output ({name}) does not exist" in str(e):
+            raise ExportError(
+                f"'{onnx_path}' has no tensor {name!r} to check the backbone cut at"
+            ) from None
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ExportError(f"onnxruntime cannot load '{onnx_path}': {first}") from None
 
 
 def copy_to_cpu_eval(model: nn.Module) -> nn.Module:
