@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from dataclasses import dataclass
 
@@ -29,12 +30,13 @@ __all__ = ["Analysis", "analyse", "bn_drift", "stratified_subset"]
 
 @dataclass
 class Analysis:
-    """A profile plus the per-stage cached rows it was computed from (rows follow `samples`);
+    """A profile plus the per-stage cached rows it was computed from (rows follow `samples`;
+    None when the measurements were remembered from an earlier run on the same content);
     `images_per_second` is torch eager's, what fine-tuning would run at."""
 
     profile: DatasetProfile
     samples: list[Sample]
-    stage_rows: list
+    stage_rows: list | None
     images_per_second: float
     spec_prep: object = None  # the Preprocessing used
 
@@ -93,6 +95,40 @@ def bn_drift(
     return drift, speed
 
 
+_MEASURED_NS = "analysis-measured-v1"
+_MEASURED = ("similarity", "source_classifier", "bn_drift", "probes", "probe_n")
+
+
+def _measured_key(features: FeatureCache, sample: list[Sample], classes: list[str], net) -> str:
+    """What the measured part of a profile depends on, as a sha256: the feature space (backbone
+    weights, preprocessing, views), the analysed samples in order with their labels, the class
+    order, the source classifier's weights (the default bank) and this code's version."""
+    from . import __version__
+
+    h = hashlib.sha256()
+    head = [_MEASURED_NS, __version__, features.space, classes]
+    h.update(json.dumps(head + [[s.digest, s.label] for s in sample]).encode())
+    classifier = getattr(net, "classifier", None)
+    if classifier is not None:
+        for name, t in sorted(classifier.state_dict().items()):
+            t = t.detach().float().cpu().contiguous()
+            h.update(f"|{name}|{tuple(t.shape)}|".encode() + t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _remembered(value) -> dict | None:
+    """A remembered measurement as stored by analyse(), else None (unknown or not ours)."""
+    try:
+        known = json.loads(value["json"])
+    except (TypeError, KeyError, ValueError):
+        return None
+    return (
+        known
+        if isinstance(known, dict) and set(known) == {*_MEASURED, "images_per_second"}
+        else None
+    )
+
+
 def analyse(
     spec: BackboneSpec,
     net,
@@ -109,11 +145,24 @@ def analyse(
 ) -> Analysis:
     """Size from the counts; similarity, source-classifier scores and stage probes from the
     cached features of every stage of (a stratified subset of) train + validation; BN drift
-    from a small torch pass."""
+    from a small torch pass.
+
+    The measured part (not the verdicts, which depend on `thresholds`) is remembered in the
+    cache's memo by content when the default bank is used, so a warm re-run skips it; a cold
+    run uses the same JSON round trip of its numbers, so both plan alike."""
     console = console or Console(quiet=True)
     features = features or FeatureCache(spec, net, console=console)
     profile = size_profile(*([s.label for s in part] for part in (train, val, test)))
     sample = stratified_subset(train + val, max_images, seed)
+    profile.feature_width = spec.stages[-1].width
+    key = _measured_key(features, sample, classes, net) if bank is None else None
+    known = _remembered(features.memo.get(_MEASURED_NS, key)) if key else None
+    if known is not None:
+        for name in _MEASURED:
+            setattr(profile, name, known[name])
+        add_verdicts(profile, thresholds or Thresholds())
+        speed = float(known["images_per_second"])
+        return Analysis(profile, sample, None, speed, spec.preprocessing)
     rows = features.stage_rows(sample)
     last = rows[-1].dequantize().numpy()
     profile.feature_width = spec.stages[-1].width
@@ -131,5 +180,15 @@ def analyse(
     y = np.array([classes.index(s.label) for s in sample])
     profile.probes = probe_stages(rows, y, [s.name for s in spec.stages])
     profile.probe_n = len(sample)
+    record = {name: getattr(profile, name) for name in _MEASURED}
+    try:  # kept as one JSON text: the memo sorts keys, and the probes' order is meaningful
+        text = json.dumps({**record, "images_per_second": speed})
+    except (TypeError, ValueError):  # not plain JSON: used as computed, not remembered
+        key = None
+    else:  # the numbers as JSON gives them back, so a later warm run plans the same
+        for name in _MEASURED:
+            setattr(profile, name, json.loads(text)[name])
+    if key:
+        features.memo.put(_MEASURED_NS, key, {"json": text})
     add_verdicts(profile, thresholds or Thresholds())
     return Analysis(profile, sample, rows, speed, spec.preprocessing)
