@@ -250,3 +250,93 @@ def test_composed_check_against_cached_features(composed):
         check_parity(model, path, batch, stage_output=f"stage{cut}", reference=wrong)
     with pytest.raises(ExportError, match="computes features of shape"):
         check_parity(model, path, batch, stage_output=f"stage{cut}", reference=cached[:, :10])
+
+
+def test_composing_again_gives_the_same_bytes_and_the_memo_returns_them(composed, tmp_path):
+    """Composition is deterministic, so publishing a remembered one is the same as composing
+    again; the memo hands back exactly the checked bytes and refuses tampered ones."""
+    import copy
+
+    import torch
+
+    from automl_tl.export import (
+        compose_onnx,
+        composed_key,
+        remember_composed,
+        reuse_composed,
+    )
+
+    model, path, _, cut = composed
+    graph = path.parent / "stages.onnx"
+    width = model.head.fc.in_features
+    again = compose_onnx(graph, f"stage{cut}", model.head, width, tmp_path / "b.onnx", {"k": "v"})
+    assert again.read_bytes() == path.read_bytes()
+    memo_dir = tmp_path / "models"
+    memo_dir.mkdir()
+    local_graph = memo_dir / "stages.onnx"  # the memo lives beside the embedding graph
+    local_graph.symlink_to(graph)
+    key = composed_key("a" * 64, f"stage{cut}", model.head, {"k": "v"})
+    assert not reuse_composed(local_graph, key, tmp_path / "none.onnx")
+    assert not (tmp_path / "none.onnx").exists()
+    remember_composed(local_graph, key, path, None)
+    assert reuse_composed(local_graph, key, tmp_path / "c.onnx")
+    assert (tmp_path / "c.onnx").read_bytes() == path.read_bytes()
+    other = copy.deepcopy(model.head)
+    with torch.no_grad():
+        other.fc.bias[0] += 1e-3
+    assert composed_key("a" * 64, f"stage{cut}", other, {"k": "v"}) != key
+    assert composed_key("a" * 64, f"stage{cut}", model.head, {"k": "w"}) != key
+    assert composed_key("b" * 64, f"stage{cut}", model.head, {"k": "v"}) != key
+    memo = memo_dir / f"composed-{key}.onnx"
+    memo.write_bytes(memo.read_bytes()[:-1] + b"\0")  # damaged behind its sidecar
+    assert not reuse_composed(local_graph, key, tmp_path / "d.onnx")
+    assert not (tmp_path / "d.onnx").exists()
+
+
+def test_the_memo_keeps_the_newest_eight(tmp_path):
+    import os
+
+    from automl_tl.export import COMPOSED_KEEP, _prune
+
+    for i in range(COMPOSED_KEEP + 3):
+        for suffix in (".onnx", ".json"):
+            f = tmp_path / f"composed-{i:02d}{suffix}"
+            f.write_bytes(b"x")
+            os.utime(f, ns=(i * 10**9, i * 10**9))
+    (tmp_path / "stages-x.onnx").write_bytes(b"x")  # the embedding graph is not the memo's
+    _prune(tmp_path)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    newest = [f"composed-{i:02d}" for i in range(3, COMPOSED_KEEP + 3)]
+    assert left == sorted(
+        [f"{n}{s}" for n in newest for s in (".json", ".onnx")] + ["stages-x.onnx"]
+    )
+
+
+def test_a_full_disk_while_remembering_warns_once_and_the_fit_goes_on(tmp_path, monkeypatch):
+    import io
+
+    from automl_tl import export
+    from automl_tl.console import Console
+    from automl_tl.errors import DiskFullError
+
+    def full(target, *args, **kwargs):
+        raise DiskFullError(target, 1000)
+
+    monkeypatch.setattr(export, "write_atomic", full)
+    console = Console(stream=io.StringIO())
+    model = tmp_path / "models" / "stages.onnx"
+    model.parent.mkdir()
+    for _ in range(2):
+        export._remember(model.parent, "k" * 64, b"model bytes", console)
+    err = console.stream.getvalue()
+    assert err.count("WARNING: feature cache full") == 1 and "composed-kkkk" in err, err
+    assert list(model.parent.iterdir()) == []
+
+
+def test_the_check_names_a_missing_cut_tensor_in_one_line(composed):
+    from automl_tl.errors import ExportError
+    from automl_tl.export import check_parity
+
+    model, path, batch, _ = composed
+    with pytest.raises(ExportError, match=r"has no tensor 'stage99' to check the backbone cut"):
+        check_parity(model, path, batch, stage_output="stage99")

@@ -48,6 +48,9 @@ def test_metadata_carries_classes_preprocessing_provenance(fitted):
     assert prep["crop_size"] == 224 and prep["mean"] == [0.5, 0.5, 0.5]
     prov = json.loads(meta["automl_tl.provenance"])
     assert prov["backbone"] == "efficientnet_lite0" and len(prov["weights_sha256"]) == 64
+    # content only, so that an equal model is the same file; the time is in metrics.json
+    assert "created" not in prov
+    assert fitted.metrics_["created"].endswith("Z") and len(fitted.metrics_["created"]) == 20
 
 
 def test_one_graph_dynamic_batch_and_parity(fitted, digits_dir):

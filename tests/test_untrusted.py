@@ -248,6 +248,34 @@ def test_planted_onnx_export_never_ends_up_in_a_fit_model(data, lite0, warm_cach
     assert ops.count("Conv") > 10  # the backbone, not the planted Identity
 
 
+@pytest.mark.parametrize("planted", ["pickle", "other-onnx-with-its-own-sidecar"])
+def test_planted_composed_model_never_becomes_model_onnx(
+    data, warm_cache, tmp_path, marker, planted
+):
+    """A warm fit publishes the remembered composed model (models/composed-<key>.onnx) only
+    when its sidecar sha256 matches; one whose sidecar was rewritten to match is caught by the
+    export check. Either way the fit composes afresh and model.onnx is the genuine model."""
+    root = _copy(warm_cache, tmp_path / "cache")
+    args = ("fit", data, "--case", "1", "--epochs", "5", "--cache-dir", root, "-q")
+    assert cli(*args, "--out", tmp_path / "first").exit_code == 0
+    (memo,) = (root / "models").glob("composed-*.onnx")
+    genuine = memo.read_bytes()
+    assert genuine == (tmp_path / "first" / "model.onnx").read_bytes()
+    if planted == "pickle":  # the old sidecar stays: the checksum no longer matches
+        evil_pickle(memo, marker)
+    else:  # a valid graph of another model, and a sidecar that vouches for it
+        _identity_onnx(memo)
+        memo.with_suffix(".json").write_text(json.dumps({"sha256": _sha(memo)}))
+    planted_sha = _sha(memo)
+    out = tmp_path / "second"
+    res = cli(*args, "--out", out)
+    assert res.exit_code == 0, res.stderr
+    check = json.loads((out / "metrics.json").read_text())["export_check"]
+    assert check["passed"] is True and check["reused_composition"] is False
+    assert (out / "model.onnx").read_bytes() == genuine
+    assert planted_sha != _sha(memo) == json.loads(memo.with_suffix(".json").read_text())["sha256"]
+
+
 def test_planted_shard_is_dropped_and_recomputed(data, lite0, warm_cache, tmp_path, marker):
     root = _copy(warm_cache, tmp_path / "cache")
     shard = sorted((root / "features" / "shards").glob("*.shard"))[0]
