@@ -99,14 +99,17 @@ _MEASURED_NS = "analysis-measured-v1"
 _MEASURED = ("similarity", "source_classifier", "bn_drift", "probes", "probe_n")
 
 
-def _measured_key(features: FeatureCache, sample: list[Sample], classes: list[str], net) -> str:
+def _measured_key(
+    features: FeatureCache, sample: list[Sample], classes: list[str], net, seed: int
+) -> str:
     """What the measured part of a profile depends on, as a sha256: the feature space (backbone
     weights, preprocessing, views), the analysed samples in order with their labels, the class
-    order, the source classifier's weights (the default bank) and this code's version."""
+    order, the seed (BN drift's subset), the source classifier's weights (the default bank)
+    and this code's version."""
     from . import __version__
 
     h = hashlib.sha256()
-    head = [_MEASURED_NS, __version__, features.space, classes]
+    head = [_MEASURED_NS, __version__, features.space, classes, seed]
     h.update(json.dumps(head + [[s.digest, s.label] for s in sample]).encode())
     classifier = getattr(net, "classifier", None)
     if classifier is not None:
@@ -155,7 +158,7 @@ def analyse(
     profile = size_profile(*([s.label for s in part] for part in (train, val, test)))
     sample = stratified_subset(train + val, max_images, seed)
     profile.feature_width = spec.stages[-1].width
-    key = _measured_key(features, sample, classes, net) if bank is None else None
+    key = _measured_key(features, sample, classes, net, seed) if bank is None else None
     known = _remembered(features.memo.get(_MEASURED_NS, key)) if key else None
     if known is not None:
         for name in _MEASURED:

@@ -98,3 +98,34 @@ def test_the_time_is_in_metrics_not_in_the_model(two_fits):
         assert "created" not in provenance and provenance["backbone"] == "efficientnet_lite0"
         created = json.loads((run / "metrics.json").read_text())["created"]
         assert len(created) == 20 and created.endswith("Z"), created
+
+
+def test_warm_analysis_is_remembered_and_plans_the_same(tmp_path):
+    """The analysis's measured numbers come back from the memo on a re-run with the same
+    content (no rows read), equal to the cold run's in value and order; another seed (another
+    BN-drift subset) is measured again."""
+    import dataclasses
+
+    from automl_tl.analysis import analyse
+    from automl_tl.data import audit, scan, split
+    from automl_tl.features import FeatureCache
+    from automl_tl.plugins import get_plugins
+
+    data = write_digits(tmp_path / "data", per_class=6, digits=(0, 1, 7))
+    report = audit(scan(data))
+    train, val, test = split(report.samples, 0.25, 0)
+    spec = get_plugins().backbone("efficientnet_lite0")
+    net = spec.build()
+    feats = FeatureCache(spec, net, tmp_path / "cache", engine="torch")
+    try:
+        runs = [analyse(spec, net, train, val, test, report.classes, features=feats) for _ in "ab"]
+        reseeded = analyse(spec, net, train, val, test, report.classes, seed=1, features=feats)
+    finally:
+        feats.close()
+    cold, warm = runs
+    assert cold.stage_rows is not None and warm.stage_rows is None
+    assert reseeded.stage_rows is not None
+    as_json = [json.dumps(dataclasses.asdict(r.profile)) for r in runs]
+    assert as_json[0] == as_json[1]
+    assert warm.profile.probes and list(warm.profile.probes) == list(cold.profile.probes)
+    assert warm.images_per_second == cold.images_per_second > 0
