@@ -230,7 +230,9 @@ def test_planted_onnx_export_is_re_exported_never_loaded(
     assert _sha(path) == json.loads(path.with_suffix(".json").read_text())["sha256"]
     assert sidecar["sha256"] != planted_sha
     batch = np.random.default_rng(0).random((2, 3, 224, 224), dtype=np.float32)
-    assert [o.shape[1] for o in again.run(batch)] == [s.width for s in spec.stages]
+    # one output per cached view (every stage, pooled to its grids)
+    assert [o.shape[1] for o in again.run(batch)] == [v.width for v in cache.views]
+    assert len(cache.views) > len(spec.stages)
 
 
 def test_planted_onnx_export_never_ends_up_in_a_fit_model(data, lite0, warm_cache, tmp_path):
