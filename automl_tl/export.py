@@ -16,7 +16,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from .errors import DiskFullError, ExportError, OutputError, cache_full_warning
+from .errors import CACHE_FULL_FIX, DiskFullError, ExportError, OutputError, cache_full_warning
 from .report import write_atomic
 
 if TYPE_CHECKING:
@@ -193,8 +193,8 @@ def _remember(folder: Path, key: str, data: bytes, console: Console | None) -> N
     path = folder / f"{COMPOSED_PREFIX}{key}.onnx"
     record = json.dumps({"sha256": hashlib.sha256(data).hexdigest(), "key": key}).encode()
     try:
-        write_atomic(path, data)
-        write_atomic(path.with_suffix(".json"), record)
+        write_atomic(path, data, fix=CACHE_FULL_FIX)
+        write_atomic(path.with_suffix(".json"), record, fix=CACHE_FULL_FIX)
     except DiskFullError as e:
         if console is not None:
             console.warn_once(("cache-full", str(folder.parent)), cache_full_warning(e))
@@ -216,6 +216,11 @@ def _prune(folder: Path, keep: int = COMPOSED_KEEP) -> None:
         for victim in (p, p.with_suffix(".json")):
             with contextlib.suppress(OSError):
                 victim.unlink()
+    # a sidecar whose model another process pruned meanwhile (models are written first)
+    for sidecar in folder.glob(f"{COMPOSED_PREFIX}*.json"):
+        if not sidecar.with_suffix(".onnx").exists():
+            with contextlib.suppress(OSError):
+                sidecar.unlink()
 
 
 def reuse_composed(backbone_onnx: Path, key: str, path: Path) -> bool:

@@ -304,6 +304,7 @@ def test_the_memo_keeps_the_newest_eight(tmp_path):
             f.write_bytes(b"x")
             os.utime(f, ns=(i * 10**9, i * 10**9))
     (tmp_path / "stages-x.onnx").write_bytes(b"x")  # the embedding graph is not the memo's
+    (tmp_path / "composed-orphan.json").write_text("{}")  # its model pruned by another process
     _prune(tmp_path)
     left = sorted(p.name for p in tmp_path.iterdir())
     newest = [f"composed-{i:02d}" for i in range(3, COMPOSED_KEEP + 3)]
