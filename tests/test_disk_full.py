@@ -176,16 +176,18 @@ def test_existing_cache_reopened_on_a_full_disk(small_fs):
 def test_cache_filling_up_mid_run_is_simulated(digits, tmp_path, monkeypatch, capfd):
     """Simulated: the second shard write raises ENOSPC (in-process monkeypatch), so rows of
     one fit come partly from the store and partly from memory."""
+    from automl_tl.candidates import frozen_views
     from automl_tl.data import audit, scan
     from automl_tl.features import FeatureCache
     from automl_tl.plugins import get_plugins
 
     spec = get_plugins().backbone("efficientnet_lite0")
+    views = len(frozen_views(spec))  # one put writes a shard per cached view
     real, calls = cache_format.write_shard, []
 
     def write_shard(path, *args):
         calls.append(path)
-        if len(calls) > len(spec.stages):  # one put writes a shard per stage: the 2nd fails
+        if len(calls) > views:  # the second put fails
             with open(path, "xb") as fh:  # half a file, as a real full disk leaves it
                 fh.write(b"ATLFEAT")
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
@@ -202,7 +204,7 @@ def test_cache_filling_up_mid_run_is_simulated(digits, tmp_path, monkeypatch, ca
     assert feats.stats.not_stored == len(samples) - 4 and feats.stats.computed == len(samples)
     assert _half_written(cache) == []
     report = FeatureStore(cache).verify()
-    assert report["ok"] is True and report["entries"] == 4 * len(spec.stages)
+    assert report["ok"] is True and report["entries"] == 4 * views
     feats.close()
     monkeypatch.setattr("automl_tl.cache.write_shard", real)
     fresh = FeatureCache(spec, net, cache, engine="torch")  # everything stored this time
