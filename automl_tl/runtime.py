@@ -171,7 +171,7 @@ def extractor_key(extractor: FeatureExtractor, crop_size: int) -> str:
     )
     views = getattr(extractor, "views", None)  # the graph's outputs: (stage, grid) pairs
     if views is not None and tuple(views) != tuple((i, 1) for i in range(extractor.cut + 1)):
-        h.update(f"|views {list(views)}".encode())
+        h.update(f"|views (grid_pool 2) {list(views)}".encode())
     h.update(torch.__version__.encode())
     for name, value in extractor.state_dict().items():
         t = value.detach().to("cpu", memory_format=torch.contiguous_format)
