@@ -67,6 +67,7 @@ test: lint
 		|| { echo "make test: the tests changed the packages installed in $(VENV)" \
 		"(diff above: < before, > after); the test that installs or removes one must use" \
 		"a temporary folder instead"; exit 1; }; \
+	echo "make test: pip freeze of $(VENV) is identical before and after the tests"; \
 	rm -f $(FREEZE); exit $$status
 
 bench: $(STAMP)
