@@ -135,6 +135,21 @@ def _bar(fraction, width: int = 120) -> str:
 
 
 # ------------------------------------------------------------------ sections
+def _grid(plan: dict) -> int:
+    g = plan.get("grid", 1)
+    return g if isinstance(g, int) else 1
+
+
+def _best(metrics: dict) -> str:
+    """The best epoch, or for a head solved per L2 strength, the C kept."""
+    history = [r for r in metrics.get("history") or [] if isinstance(r, dict)]
+    best = metrics.get("best_epoch")
+    if history and "C" in history[0] and isinstance(best, int) and 0 < best <= len(history):
+        c = history[best - 1]["C"]
+        return f"L2 strength C <b>{_e(f'{c:g}')}</b>"
+    return f"best epoch <b>{_e(best if best is not None else '–')}</b>"
+
+
 def _header(data: dict, plan: dict, metrics: dict) -> str:
     val, test = _dict(metrics.get("validation")), _dict(metrics.get("test"))
     case = plan.get("case")
@@ -150,8 +165,9 @@ def _header(data: dict, plan: dict, metrics: dict) -> str:
     facts = [
         f"data <b>{_e(data.get('data_path', '–'))}</b>",
         f"backbone <b>{_e(data.get('backbone') or plan.get('backbone', '–'))}</b>",
-        f"strategy <b>{_e(plan.get('strategy', '–'))}</b>, cut <b>{_e(plan.get('cut', '–'))}</b>",
-        f"best epoch <b>{_e(metrics.get('best_epoch', '–'))}</b>",
+        f"strategy <b>{_e(plan.get('strategy', '–'))}</b>, cut <b>{_e(plan.get('cut', '–'))}</b>"
+        + (f" pooled {_e(plan['grid'])}×{_e(plan['grid'])}" if _grid(plan) > 1 else ""),
+        _best(metrics),
     ] + ([f"created {_e(data['created'])}"] if data.get("created") else [])
     extra = ""
     exp = _dict(metrics.get("expected_accuracy")) or _dict(plan.get("expected_accuracy"))
