@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .console import Console
-from .logreg import LogRegResult, as_float_rows, fit_logreg
+from .logreg import LogRegResult, fit_logreg
 
 __all__ = [
     "frozen_views",
@@ -122,11 +122,11 @@ def _stratified(y: np.ndarray, limit: int, seed: int) -> np.ndarray:
 
 def _measure(view: View, rows_tr, y_tr, rows_va, y_va, n_classes, idx=None) -> tuple:
     t0 = time.perf_counter()
-    x = as_float_rows(rows_tr)
     y = y_tr
-    if idx is not None:
-        x, y = x[idx], y_tr[idx]
-    result = fit_logreg(x, y, rows_va, y_va, n_classes)
+    if idx is not None:  # screening: only the subset's rows are dequantised
+        rows_tr = rows_tr.subset(idx) if hasattr(rows_tr, "subset") else rows_tr[idx]
+        y = y_tr[idx]
+    result = fit_logreg(rows_tr, y, rows_va, y_va, n_classes)
     cand = Candidate(
         view.name,
         view.stage,

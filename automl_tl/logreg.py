@@ -1,7 +1,7 @@
 """Linear heads fitted exactly: L2-regularised multinomial logistic regression by L-BFGS.
 
 On frozen features a linear head is a convex problem. Solving it to convergence on the whole
-training set (full batch, L-BFGS with a strong-Wolfe line search, in torch) and choosing the
+training set (full batch, L-BFGS with a backtracking line search, in torch) and choosing the
 L2 strength on the validation split gives the head a tuned scikit-learn
 LogisticRegression would give, at a fraction of its cost, and without the epochs, learning
 rate and patience of stochastic training. The strength is searched from strong to weak with
@@ -22,7 +22,14 @@ import torch
 from torch import nn
 
 from .console import Console
-from .train import LinearHead, TrainResult, _dequantize_all, _feature_scale, _threads
+from .train import (
+    LinearHead,
+    TrainResult,
+    _dequantize_all,
+    _feature_scale,
+    _threads,
+    balanced_weights,
+)
 
 __all__ = ["LogRegResult", "fit_logreg", "logreg_result", "DEFAULT_CS", "as_float_rows"]
 
@@ -47,13 +54,6 @@ def as_float_rows(x) -> torch.Tensor:
     if hasattr(x, "values") and hasattr(x, "scales"):
         return _dequantize_all(x.values, x.scales)
     return torch.as_tensor(np.asarray(x, dtype=np.float32))
-
-
-def _class_weights(y: torch.Tensor, n_classes: int, balanced: bool) -> torch.Tensor:
-    if not balanced:
-        return torch.ones(n_classes)
-    counts = torch.bincount(y, minlength=n_classes).float().clamp(min=1)
-    return counts.sum() / (n_classes * counts)
 
 
 def _unpack(theta: torch.Tensor, k: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,23 +127,21 @@ def fit_logreg(
     balanced: bool = True,
     max_iter: int = 60,
     patience: int = 2,
-    scale: tuple[np.ndarray, np.ndarray] | None = None,
     console: Console | None = None,
 ) -> LogRegResult:
     """Fit one head per C (strong to weak, warm-started) and keep the best on validation
     (accuracy, then lower validation loss); stop after `patience` Cs without gain.
 
-    `x_*` are float arrays, tensors or stored feature-cache rows; `scale` an optional
-    precomputed (mean, std) of the training rows.
+    `x_*` are float arrays, tensors or stored feature-cache rows.
     """
     xt, xv = as_float_rows(x_train), as_float_rows(x_val)
     yt = torch.as_tensor(np.asarray(y_train)).long()
     yv = torch.as_tensor(np.asarray(y_val)).long()
-    mean, std = scale if scale is not None else _feature_scale(xt, None)
+    mean, std = _feature_scale(xt, None)
     m, s = torch.as_tensor(mean), torch.as_tensor(std)
     zt, zv = (xt - m) / s, (xv - m) / s
     n, d = zt.shape
-    sw = _class_weights(yt, n_classes, balanced)[yt]  # per-row loss weights
+    sw = (balanced_weights(yt, n_classes) if balanced else torch.ones(n_classes))[yt]
     theta = torch.zeros(n_classes * (d + 1), dtype=torch.float32)
     threads = 1 if n * d < 1 << 21 else torch.get_num_threads()
     best, path, since = None, [], 0

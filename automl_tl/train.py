@@ -92,50 +92,10 @@ def _feature_scale(values, scales, chunk: int = 8192) -> tuple[np.ndarray, np.nd
     return mean.float().numpy(), sd.float().numpy()
 
 
-class CpuAdamW:
-    """torch.optim.AdamW for CPU tensors, update for update: the single-tensor code path
-    torch takes on CPU (no foreach, no fused), same operations in the same order, so the
-    parameters come out bit-identical (tests/test_cli_speed.py checks it).
-
-    Why not torch.optim: its first step imports torch._dynamo (~2.5 s of CPU), which would
-    more than double the time of a fit whose features are all cached."""
-
-    def __init__(self, params, lr: float, weight_decay: float, betas=(0.9, 0.999), eps=1e-8):
-        self.params = [p for p in params if p.requires_grad]
-        self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, betas, eps
-        self.state: dict = {}
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.params:
-            if set_to_none:
-                p.grad = None
-            elif p.grad is not None:
-                p.grad.zero_()
-
-    @torch.no_grad()
-    def step(self) -> None:
-        lr, wd, eps = self.lr, self.weight_decay, self.eps
-        beta1, beta2 = self.betas
-        for p in self.params:
-            if p.grad is None:
-                continue
-            if p not in self.state:
-                self.state[p] = (
-                    torch.tensor(0.0, dtype=torch.get_default_dtype()),
-                    torch.zeros_like(p, memory_format=torch.preserve_format),
-                    torch.zeros_like(p, memory_format=torch.preserve_format),
-                )
-            step_t, exp_avg, exp_avg_sq = self.state[p]
-            grad = p.grad
-            step_t += 1
-            if wd != 0:
-                p.mul_(1 - lr * wd)
-            exp_avg.lerp_(grad, 1 - beta1)
-            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            step = step_t.item()
-            step_size = lr / (1 - beta1**step)
-            denom = (exp_avg_sq.sqrt() / (1 - beta2**step) ** 0.5).add_(eps)
-            p.addcdiv_(exp_avg, denom, value=-step_size)
+def balanced_weights(y: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Per-class loss weights inversely proportional to class size (1 for balanced data)."""
+    counts = torch.bincount(y, minlength=n_classes).float().clamp(min=1)
+    return counts.sum() / (n_classes * counts)
 
 
 def head_batch_size(config: HeadConfig, n_train: int) -> int:
@@ -195,10 +155,9 @@ def _train_head(x_train, y_train, x_val, y_val, n_classes, config, console, batc
     xv = _dequantize_all(*_as_rows(x_val))
     yv = torch.as_tensor(np.asarray(y_val)).long()
     head = LinearHead(*_feature_scale(values, scales), n_classes, config.dropout)
-    counts = torch.bincount(yt, minlength=n_classes).float().clamp(min=1)
-    loss_fn = nn.CrossEntropyLoss(weight=counts.sum() / (n_classes * counts))
+    loss_fn = nn.CrossEntropyLoss(weight=balanced_weights(yt, n_classes))
     eval_loss = nn.CrossEntropyLoss()
-    opt = CpuAdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    opt = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     best, best_key, best_epoch, history = None, None, 0, []
     with console.progress("train", config.epochs, unit="epoch") as bar:
         for epoch in range(1, config.epochs + 1):

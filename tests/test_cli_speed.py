@@ -149,29 +149,6 @@ def test_estimator_params_work_with_sklearn_clone():
         est.set_params(nope=1)
 
 
-def test_cpu_adamw_matches_torch_adamw_bit_for_bit():
-    import torch
-    from torch import nn
-
-    from automl_tl.train import CpuAdamW
-
-    torch.manual_seed(0)
-    x, y = torch.randn(64, 20), torch.randint(0, 3, (64,))
-    heads = [nn.Sequential(nn.Dropout(0.0), nn.Linear(20, 3)) for _ in range(2)]
-    heads[1].load_state_dict(heads[0].state_dict())
-    opts = [
-        torch.optim.AdamW(heads[0].parameters(), lr=1e-2, weight_decay=1e-2),
-        CpuAdamW(heads[1].parameters(), lr=1e-2, weight_decay=1e-2),
-    ]
-    for _ in range(40):
-        for head, opt in zip(heads, opts, strict=True):
-            opt.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(head(x), y).backward()
-            opt.step()
-    for a, b in zip(heads[0].parameters(), heads[1].parameters(), strict=True):
-        assert torch.equal(a, b)
-
-
 @pytest.fixture(scope="module")
 def composed(tmp_path_factory, digits_dir):
     """A model.onnx joined from a real exported embedding graph (EfficientNet-Lite0, real
