@@ -168,7 +168,6 @@ def analyse(
         return Analysis(profile, sample, None, speed, spec.preprocessing)
     rows = features.stage_rows(sample)
     last = rows[-1].dequantize().numpy()
-    profile.feature_width = spec.stages[-1].width
     profile.bn_drift, speed = bn_drift(spec, net, sample, features, seed=seed, console=console)
     classifier = getattr(net, "classifier", None)
     if bank is None and classifier is not None:
@@ -189,8 +188,9 @@ def analyse(
     except (TypeError, ValueError):  # not plain JSON: used as computed, not remembered
         key = None
     else:  # the numbers as JSON gives them back, so a later warm run plans the same
+        back = json.loads(text)
         for name in _MEASURED:
-            setattr(profile, name, json.loads(text)[name])
+            setattr(profile, name, back[name])
     if key:
         features.memo.put(_MEASURED_NS, key, {"json": text})
     add_verdicts(profile, thresholds or Thresholds())

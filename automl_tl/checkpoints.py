@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .errors import AutoTLError
-from .report import write_atomic
+from .report import RUN_FULL_FIX, write_atomic
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -35,8 +35,7 @@ def write_checkpoint(path: Path, payload: dict) -> None:
     temporary file in the same folder, fsync and atomic rename; nothing is left on failure."""
     buf = io.BytesIO()
     torch.save(payload, buf)
-    fix = "free some space there or pass --out to a folder on another filesystem"
-    write_atomic(path, buf.getbuffer(), fsync=True, fix=fix)
+    write_atomic(path, buf.getbuffer(), fsync=True, fix=RUN_FULL_FIX)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

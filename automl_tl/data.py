@@ -120,13 +120,10 @@ def _class_dirs(folder: Path, exclude: frozenset[Path] = frozenset()) -> list[Pa
     """Non-hidden sub-folders; a linked one is followed unless it leads back to `folder` or
     above (a loop that would make every image a member of a phantom class)."""
     here = folder.resolve()
+    with os.scandir(folder) as entries:  # the entry's type needs no stat per file
+        dirs = [Path(e.path) for e in entries if not _hidden(e.name) and e.is_dir()]
     return sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_dir()
-        and not _hidden(p.name)
-        and p.resolve() not in exclude
-        and not here.is_relative_to(p.resolve())
+        p for p in dirs if p.resolve() not in exclude and not here.is_relative_to(p.resolve())
     )
 
 

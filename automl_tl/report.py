@@ -20,7 +20,7 @@ except ImportError:  # not POSIX: run folders are not locked
 
 from .errors import DiskFullError, OutputError, is_disk_full
 
-__all__ = ["RunFolder", "default_run_dir", "publish", "write_atomic"]
+__all__ = ["RunFolder", "default_run_dir", "publish", "write_atomic", "RUN_FULL_FIX"]
 
 
 def default_run_dir(data: str | os.PathLike, base: str | os.PathLike = "runs") -> Path:
@@ -76,7 +76,7 @@ def write_atomic(
     return target
 
 
-_RUN_FIX = "free some space there or pass --out to a folder on another filesystem"
+RUN_FULL_FIX = "free some space there or pass --out to a folder on another filesystem"
 LOCK_NAME = ".automl-tl.lock"
 FINISHED = ("model.onnx", "metrics.json")
 # What a fit writes into its run folder (removed when --overwrite replaces a finished run).
@@ -231,4 +231,4 @@ class RunFolder:
     def write_json(self, name: str, obj) -> Path:
         """Write JSON via a temporary file + rename, so a reader never sees half a file."""
         text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
-        return write_atomic(self.file(name), text.encode("utf-8"), fix=_RUN_FIX)
+        return write_atomic(self.file(name), text.encode("utf-8"), fix=RUN_FULL_FIX)

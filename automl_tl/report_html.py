@@ -44,7 +44,7 @@ from PIL import Image
 
 from . import __version__
 from .preprocess import load_rgb
-from .report import write_atomic
+from .report import RUN_FULL_FIX, write_atomic
 
 __all__ = ["render_report", "write_report", "thumbnail_data_uri", "misclassified", "REPORT_NAME"]
 
@@ -145,8 +145,7 @@ def _best(metrics: dict) -> str:
     history = [r for r in metrics.get("history") or [] if isinstance(r, dict)]
     best = metrics.get("best_epoch")
     if history and "C" in history[0] and isinstance(best, int) and 0 < best <= len(history):
-        c = history[best - 1]["C"]
-        return f"L2 strength C <b>{_e(f'{c:g}')}</b>"
+        return f"L2 strength C <b>{_num(history[best - 1]['C'], 'g')}</b>"
     return f"best epoch <b>{_e(best if best is not None else '–')}</b>"
 
 
@@ -318,7 +317,7 @@ def _candidates(plan: dict) -> str:
             _e(c.get("width")),
             _bar(c.get("val_acc")) + _num(c.get("val_acc"), ".4f"),
             _num(c.get("val_loss"), ".4f"),
-            _e(f"{c.get('C'):g}") if _ok(c.get("C")) else "–",
+            _num(c.get("C"), "g"),
             _e(c.get("train_rows")),
         ]
         for c in cands
@@ -468,7 +467,7 @@ def _export(check: dict) -> str:
 def _path(path: list[dict], best) -> str:
     """The logistic-regression head's L2 path: validation accuracy and loss per C."""
     rows = [
-        [_e(f"{r.get('C'):g}"), _bar(r.get("val_acc")) + _num(r.get("val_acc"), ".4f"),
+        [_num(r.get("C"), "g"), _bar(r.get("val_acc")) + _num(r.get("val_acc"), ".4f"),
          _num(r.get("val_loss"), ".4f")]
         for r in path
     ]  # fmt: skip
@@ -511,8 +510,7 @@ def write_report(folder: str | os.PathLike, data: dict) -> Path:
     """Render and write `folder/report.html` atomically (temporary file + rename)."""
     target = Path(folder) / REPORT_NAME
     text = render_report(data)
-    fix = "free some space there or pass --out to a folder on another filesystem"
-    return write_atomic(target, text.encode("utf-8"), fix=fix)
+    return write_atomic(target, text.encode("utf-8"), fix=RUN_FULL_FIX)
 
 
 def thumbnail_data_uri(path: str | os.PathLike, size: int = 128) -> str:
