@@ -319,8 +319,12 @@ class _Run:
         labels = torch.tensor([y for _, y in shard], dtype=torch.long)
         loss_sum, correct, pos = 0.0, 0.0, 0
         batch = self.config.batch_size
+        # Decoded once per run when _prepare kept them (val_images), else on every pass.
+        kept = getattr(self, "val_images", None)
+        paths = [p for p, _ in shard]
+        batches = kept.batches(batch) if kept is not None else iter_batches(paths, self.prep, batch)
         with self.console.progress("validate", len(self.val_items)) as bar:
-            for arr in iter_batches([p for p, _ in shard], self.prep, batch):
+            for arr in batches:
                 x = torch.from_numpy(arr).to(self.device)
                 x = x.contiguous(memory_format=torch.channels_last)
                 y = labels[pos : pos + len(arr)].to(self.device)
@@ -451,6 +455,7 @@ def _prepare(model, train, val, n_classes, prep, config, checkpoint_dir, console
     _freeze_unreached(model.cpu(), prep.crop_size)
     model.to(device, memory_format=torch.channels_last)
     dataset = ImageDataset(train, prep, config.augment, config.seed)
+    dataset.fill(console)  # decode every image once, before loader workers fork
     loader = make_loader(dataset, config, rank, world, device)
     opt = _make_optimizer(model, config)
     steps = config.epochs * len(loader)
@@ -477,6 +482,9 @@ def _prepare(model, train, val, n_classes, prep, config, checkpoint_dir, console
         console,
     )
     run.state = {"epoch": 0, "best": None, "history": [], "stop_reason": None}
+    from .imagedata import EvalImages
+
+    run.val_images = EvalImages([p for p, _ in val[rank::world]], prep)
     return run
 
 
