@@ -17,6 +17,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from statistics import median
 
 import numpy as np
@@ -295,6 +296,22 @@ def training_preprocessing(
     return dataclasses.replace(prep, crop_size=crop, resize_size=resize)
 
 
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run torch ops on one intra-op thread. Per-image augmentation is many small ops; with 2
+    OpenMP threads on 2 cores shared with another busy process they took 8-150 ms per image
+    instead of 1-2 ms (the threads spin-wait for each other at every op)."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def mix_seed(*numbers: int) -> int:
     """A stable 63-bit seed from integers."""
     digest = hashlib.blake2b(repr(numbers).encode(), digest_size=8).digest()
@@ -342,15 +359,31 @@ class ImageDataset(Dataset):
             self.images.fill(console)
 
     def __getitem__(self, key) -> tuple[torch.Tensor, int]:
+        if self.images is None:
+            return self._decode_and_augment(key)
+        with _one_thread():
+            return self._augment(key)
+
+    def __getitems__(self, keys: list) -> list[tuple[torch.Tensor, int]]:
+        """A batch, as the loader asks for it: on one thread for the whole batch."""
+        if self.images is None:
+            return [self._decode_and_augment(key) for key in keys]
+        with _one_thread():
+            return [self._augment(key) for key in keys]
+
+    def _augment(self, key) -> tuple[torch.Tensor, int]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        x, label = self.images[index], self.items[index][1]
+        if self.transform is None:
+            return x.float() / 255.0, label
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(mix_seed(self.seed, epoch, index))
+            return self.transform(x), label
+
+    def _decode_and_augment(self, key) -> tuple[torch.Tensor, int]:
+        """The earlier path: decode the file and augment the PIL image on every access."""
         epoch, index = key if isinstance(key, tuple) else (0, key)
         path, label = self.items[index]
-        if self.images is not None:
-            x = self.images[index]
-            if self.transform is None:
-                return x.float() / 255.0, label
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(mix_seed(self.seed, epoch, index))
-                return self.transform(x), label
         try:
             if self.transform is None:
                 x = torch.tensor(load_for_model(path, self.prep)).permute(2, 0, 1)

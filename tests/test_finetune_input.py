@@ -116,6 +116,11 @@ def test_augmentation_is_a_function_of_seed_epoch_and_index(images):
     assert torch.equal(b[(2, 1)][0], x)
     assert not torch.equal(a[(3, 1)][0], x)  # next epoch: another crop, flip and jitter
     assert not torch.equal(ImageDataset(items, PREP, seed=4)[(2, 1)][0], x)  # another seed
+    # A batch as the loader fetches it: the same samples, on one thread, threads restored.
+    threads = torch.get_num_threads()
+    batch = a.__getitems__([(2, 1), (2, 0)])
+    assert torch.equal(batch[0][0], x) and torch.equal(batch[1][0], a[(2, 0)][0])
+    assert torch.get_num_threads() == threads
     # A copy sent to a loader worker (pickled under spawn) augments alike.
     assert torch.equal(pickle.loads(pickle.dumps(a))[(2, 1)][0], x)
     # The earlier path (decode + PIL augmentation every time) is still selectable.
