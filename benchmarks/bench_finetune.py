@@ -1,0 +1,309 @@
+"""Full fine-tuning under a fixed wall budget: the earlier input path against the new one,
+side by side on the same data, model, seed and schedule.
+
+    python benchmarks/bench_finetune.py [--data DIR] [--per-class N] [--val-per-class M]
+        [--budget 120] [--methods full-old,full-new] [--batch-size 32] [--threads T]
+        [--json out.json]
+
+Methods (one entry each in METHODS; another method is one more function and entry):
+  full-old   every image decoded and augmented with PIL on every use (as before)
+  full-new   each image decoded once per run into a uint8 store, augmented as tensors, at the
+             input size chosen from the images (training_preprocessing)
+  full-new-fixed   full-new at the backbone's own input size (separates the two effects)
+
+Each method gets `--budget` seconds of wall time, from building the model (and decoding its
+store) to its last optimiser step; the learning rate warms up over the first 10% of the budget
+and follows a cosine to zero at its end, so every method gets a whole schedule. Validation
+(not timed) then scores the model on the validation images with the eval preprocessing of the
+input size it trained at. Printed per method: setup seconds, training images/s, seconds per
+epoch (projected from the rate when the budget ends mid-epoch), epochs done, the share of the
+loop spent waiting for input, and validation accuracy. Other processes on the machine change
+every number: the load average is printed with each.
+
+The data: DIR/train/<class>/ (else DIR/<class>/) for training; validation from DIR/val/, else
+DIR/test/, else the training pool after the training subset. --per-class N draws N training
+images per class (seeded; 0 = all), --val-per-class M as many validation images (0 = all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from automl_tl import finetune as ft
+from automl_tl.console import Console
+from automl_tl.imagedata import (
+    EvalImages,
+    ImageDataset,
+    class_weights,
+    make_loader,
+    mix_seed,
+    training_preprocessing,
+)
+from automl_tl.inference import expand_paths
+from automl_tl.plugins import get_plugins
+from automl_tl.preprocess import Preprocessing
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "hymenoptera_data"
+_HELDOUT = ("val", "valid", "validation", "test")
+
+
+@dataclass
+class Task:
+    """What every method trains on: items, backbone, settings, the wall budget."""
+
+    train: list[tuple[Path, int]]
+    val: list[tuple[Path, int]]
+    classes: list[str]
+    backbone: str
+    budget: float
+    config: ft.FinetuneConfig
+    console: Console
+    _val_cache: dict = field(default_factory=dict)
+
+    @property
+    def spec(self):
+        return get_plugins().backbone(self.backbone)
+
+    def val_batches(self, prep: Preprocessing, batch: int = 64):
+        """Validation batches for `prep`, decoded once per input size across methods."""
+        if prep not in self._val_cache:
+            self._val_cache[prep] = EvalImages([p for p, _ in self.val], prep)
+        return self._val_cache[prep].batches(batch)
+
+
+# ----------------------------------------------------------------------------- data
+def _class_files(folder: Path) -> dict[str, list[Path]]:
+    return {
+        d.name: expand_paths([d])
+        for d in sorted(folder.iterdir())
+        if d.is_dir() and not d.name.startswith(".")
+    }
+
+
+def load_items(root: Path, per_class: int, val_per_class: int, seed: int):
+    """(train, val, classes): seeded per-class subsets (0 = all)."""
+    sub = {d.name.lower(): d for d in root.iterdir() if d.is_dir()}
+    pool = _class_files(sub["train"]) if "train" in sub else _class_files(root)
+    held = next((_class_files(sub[n]) for n in _HELDOUT if n in sub), None)
+    classes = sorted(pool)
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for label, name in enumerate(classes):
+        files = [pool[name][i] for i in rng.permutation(len(pool[name]))]
+        n = per_class or len(files)
+        train += [(p, label) for p in files[:n]]
+        rest = files[n:] if held is None else held.get(name, [])
+        if held is not None:
+            rest = [rest[i] for i in rng.permutation(len(rest))]
+        val += [(p, label) for p in rest[: val_per_class or len(rest)]]
+    return train, val, classes
+
+
+def image_sizes(items) -> list[tuple[int, int]]:
+    """(width, height) from the file headers (no decoding)."""
+    sizes = []
+    for path, _ in items:
+        try:
+            with Image.open(path) as img:
+                sizes.append(img.size)
+        except OSError:
+            pass
+    return sizes
+
+
+# ------------------------------------------------------------------------ training
+def _lr_factor(frac: float, warm: float = 0.1) -> float:
+    """Warm-up over the first `warm` of the budget, then cosine to zero at its end."""
+    if frac < warm:
+        return (frac + 1e-3) / warm
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (frac - warm) / (1 - warm))))
+
+
+def train_full(task: Task, dataset: ImageDataset, prep: Preprocessing, start: float) -> dict:
+    """Fine-tune the whole network on `dataset` until `start + budget`; measure and validate."""
+    torch.manual_seed(task.config.seed)
+    model = ft.build_finetune_model(task.spec, len(task.classes))
+    model.to(memory_format=torch.channels_last)
+    config = task.config
+    groups = [
+        {"params": list(model.extractor.parameters()), "lr": config.lr_backbone},
+        {"params": list(model.head.parameters()), "lr": config.lr_head},
+    ]
+    opt = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    base = [g["lr"] for g in opt.param_groups]
+    weight = class_weights([y for _, y in dataset.items], len(task.classes))
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
+    loader = make_loader(dataset, config, 0, 1, torch.device("cpu"))
+    setup = time.perf_counter() - start
+    end = start + task.budget
+    images, steps, waited, epoch = 0, 0, 0.0, 0
+    loop_start = time.perf_counter()
+    model.train()
+    while time.perf_counter() < end:
+        epoch += 1
+        loader.sampler.set_epoch(epoch)
+        torch.manual_seed(mix_seed(config.seed, epoch, 1_000_003))
+        batches = iter(loader)
+        while True:
+            t = time.perf_counter()
+            if t >= end:
+                break
+            try:
+                x, y = next(batches)
+            except StopIteration:
+                break
+            waited += time.perf_counter() - t
+            factor = _lr_factor((time.perf_counter() - start) / task.budget)
+            for g, lr in zip(opt.param_groups, base, strict=True):
+                g["lr"] = lr * factor
+            x = x.contiguous(memory_format=torch.channels_last)
+            loss = loss_fn(model(x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            images += len(y)
+            steps += 1
+    loop = time.perf_counter() - loop_start
+    rate = images / loop if loop > 0 else 0.0
+    n = len(dataset)
+    return {
+        "crop": prep.crop_size,
+        "setup_s": round(setup, 2),
+        "train_img_per_s": round(rate, 3),
+        "epoch_s": round(n / rate, 1) if rate else None,
+        "epochs": round(images / n, 2),
+        "steps": steps,
+        "input_wait_share": round(waited / loop, 3) if loop else None,
+        "val_acc": round(validate(task, model, prep), 4),
+    }
+
+
+@torch.no_grad()
+def validate(task: Task, model, prep: Preprocessing) -> float:
+    model.eval()
+    labels = torch.tensor([y for _, y in task.val])
+    correct, pos = 0, 0
+    for arr in task.val_batches(prep):
+        x = torch.from_numpy(arr).contiguous(memory_format=torch.channels_last)
+        correct += int((model(x).argmax(1) == labels[pos : pos + len(arr)]).sum())
+        pos += len(arr)
+    return correct / pos
+
+
+# ------------------------------------------------------------------------- methods
+def full_old(task: Task) -> dict:
+    start = time.perf_counter()
+    prep = task.spec.preprocessing
+    dataset = ImageDataset(task.train, prep, True, task.config.seed, decode_once=False)
+    return {"input": "PIL decode + augment per use", **train_full(task, dataset, prep, start)}
+
+
+def _full_decode_once(task: Task, choose_size: bool) -> dict:
+    start = time.perf_counter()
+    prep = task.spec.preprocessing
+    if choose_size:
+        prep = training_preprocessing(prep, image_sizes(task.train))
+    dataset = ImageDataset(task.train, prep, True, task.config.seed)
+    dataset.fill(task.console)
+    kept = f"{dataset.images.kept}/{len(dataset)} kept, {dataset.images.nbytes / 2**20:.0f} MiB"
+    return {
+        "input": f"decoded once ({kept}), tensor augment",
+        **train_full(task, dataset, prep, start),
+    }
+
+
+def full_new(task: Task) -> dict:
+    return _full_decode_once(task, choose_size=True)
+
+
+def full_new_fixed(task: Task) -> dict:
+    return _full_decode_once(task, choose_size=False)
+
+
+METHODS: dict[str, Callable[[Task], dict]] = {
+    "full-old": full_old,
+    "full-new": full_new,
+    "full-new-fixed": full_new_fixed,
+}
+
+
+# ---------------------------------------------------------------------------- main
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:  # pragma: no cover
+        return "?"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--per-class", type=int, default=0, help="training images per class; 0 = all")
+    ap.add_argument("--val-per-class", type=int, default=0, help="0 = all")
+    ap.add_argument("--budget", type=float, default=120.0, help="wall seconds per method")
+    ap.add_argument("--methods", default="full-old,full-new", help=", ".join(METHODS))
+    ap.add_argument("--backbone", default="efficientnet_lite0")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=None, help="also write the results here")
+    args = ap.parse_args()
+    root = Path(args.data)
+    if not root.is_dir():
+        print(f"skipped: {root} is absent")
+        return 0
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown:
+        print(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train, val, classes = load_items(root, args.per_class, args.val_per_class, args.seed)
+    config = ft.FinetuneConfig(batch_size=args.batch_size, num_workers=0, seed=args.seed)
+    task = Task(train, val, classes, args.backbone, args.budget, config, Console(quiet=True))
+    print(
+        f"data {root.name}: {len(train)} training / {len(val)} validation images, "
+        f"{len(classes)} classes; {args.backbone}, batch {args.batch_size}, budget "
+        f"{args.budget:.0f} s per method; torch threads {torch.get_num_threads()}, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}",
+        flush=True,
+    )
+    head = (
+        f"{'method':<15} {'crop':>4} {'setup s':>7} {'img/s':>6} {'epoch s':>8} {'epochs':>6} "
+        f"{'wait':>5} {'val acc':>7}  {'load avg':<14} input"
+    )
+    print(head, flush=True)
+    results = {}
+    for name in names:
+        load_before = _load()
+        r = METHODS[name](task)
+        r["load_avg"] = f"{load_before} -> {_load()}"
+        results[name] = r
+        wait = "-" if r.get("input_wait_share") is None else f"{100 * r['input_wait_share']:.0f}%"
+        print(
+            f"{name:<15} {r.get('crop', '-'):>4} {r['setup_s']:>7.1f} "
+            f"{r['train_img_per_s']:>6.2f} {r['epoch_s'] or float('nan'):>8.1f} "
+            f"{r['epochs']:>6.2f} {wait:>5} {r['val_acc']:>7.3f}  "
+            f"{load_before:<14} {r.get('input', '')}",
+            flush=True,
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
