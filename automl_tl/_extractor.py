@@ -12,10 +12,13 @@ __all__ = ["FeatureExtractor", "grid_pool"]
 
 def grid_pool(m: torch.Tensor, grid: int) -> torch.Tensor:
     """Average-pool an NCHW map to a grid x grid map, flattened channel-major to
-    (N, C * grid * grid): the values of `adaptive_avg_pool2d(m, grid).flatten(1)`.
+    (N, C * grid * grid): the values of `adaptive_avg_pool2d(m, grid).flatten(1)`. Grid 0
+    keeps the whole map (N, C * H * W), what fine-tuning on cached maps reads back.
 
     Written with static slices because the ONNX exporter refuses adaptive pooling whose
     output size does not divide the input (7 -> 2, 14 -> 4 on a 224 px input)."""
+    if grid == 0:
+        return m.flatten(1)
     if grid == 1:
         return m.mean(dim=(2, 3))
     h, w = int(m.shape[-2]), int(m.shape[-1])

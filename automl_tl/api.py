@@ -62,7 +62,11 @@ class AutoTransfer(BaseEstimator):
         source_bank: path of a source bank (`automl-tl source-bank build`); default: the
             backbone's data-free bank (its source classifier's class vectors).
         size_ratio, similarity_pvalue: override the planner's thresholds (see planner.py).
-        time_budget: seconds; a fine-tuning case whose estimate exceeds it is demoted.
+        time_budget: seconds for the whole fit, analysis to export (default
+            lpft.DEFAULT_TIME_BUDGET, 20 minutes); fine-tuning runs only what its measured
+            estimate fits into what is left.
+        finetune: how cases 3 and 4 fine-tune: "auto" (the candidate that trains the most
+            stages within the budget), "partial" (top stages on cached maps) or "full".
         max_analysis_images: images embedded for the profile (a stratified subset).
         finetune_epochs: epochs of the fine-tuning cases (3, 4).
         resume: continue an interrupted fine-tuning run in the same `out` folder.
@@ -92,6 +96,7 @@ class AutoTransfer(BaseEstimator):
         time_budget: float | None = None,
         max_analysis_images: int = 2000,
         finetune_epochs: int = 10,
+        finetune: str = "auto",
         resume: bool = False,
         overwrite: bool = False,
         val_fraction: float = 0.2,
@@ -119,6 +124,7 @@ class AutoTransfer(BaseEstimator):
         self.time_budget = time_budget
         self.max_analysis_images = max_analysis_images
         self.finetune_epochs = finetune_epochs
+        self.finetune = finetune
         self.resume = resume
         self.overwrite = overwrite
         self.val_fraction = val_fraction
@@ -166,12 +172,17 @@ class AutoTransfer(BaseEstimator):
         self.plan_, self.profile_ = plan, analysis.profile
         if self._searches(plan):
             self._choose_view(plan, features, train, val, console)
-        for reason in plan.reasons:
-            console.note(f"plan: {reason}")
         strategy = plugins.strategy(plan.strategy)
         parts = (train, val, test)
         if strategy.kind == "images":
-            result, preds = self._fit_images(strategy, parts, run, console)
+            warm = self._warm_start(plan, features, parts, console)
+            deadline = self._deadline(plan, t0)
+            estimates = self._estimates(plan, net, warm, analysis, parts, deadline, console)
+        for reason in plan.reasons:
+            console.note(f"plan: {reason}")
+        if strategy.kind == "images":
+            context = (net, features, warm, estimates, deadline)
+            result, preds = self._fit_images(strategy, parts, run, console, context)
         else:
             result, preds = self._fit_features(strategy, net, features, parts, console)
         self.history_ = result.history
@@ -329,15 +340,134 @@ class AutoTransfer(BaseEstimator):
             f"{len(val)} images (chosen among {len(table)} views on that split)",
         }
 
-    def _fit_images(self, strategy, parts, run, console):
-        """Fine-tuning strategies: images in, checkpoints in the run folder."""
+    def _warm_start(self, plan: Plan, features: FeatureCache, parts, console):
+        """The frozen choice that fine-tuning starts from and falls back to: a head on every
+        cached view measured on validation (as cases 1/2 choose), then its logistic regression
+        and its predictions; recorded in the plan."""
+        from .candidates import choose_view, standard_error
+        from .logreg import fit_logreg
+        from .lpft import WarmStart
+
+        train, val, test = parts
+        last = self.spec_.stages[-1].name
+        y_train, y_val = self._labels(train), self._labels(val)
+        chosen, table, reason, _ = choose_view(
+            features, train, val, y_train, y_val, last, self.seed, console
+        )
+        rows = features.rows(train + val + test, chosen.name)
+        n_tr, n_va = len(train), len(val)
+        fit = fit_logreg(
+            rows.subset(np.arange(n_tr)),
+            y_train,
+            rows.subset(np.arange(n_tr, n_tr + n_va)),
+            y_val,
+            len(self.classes_),
+            console=console,
+        )
+        with torch.no_grad():
+            pred = fit.head(rows.dequantize()).argmax(1).numpy()
+        plan.candidates = table
+        plan.cut, plan.grid, plan.view = chosen.stage, chosen.grid, chosen.name
+        plan.reasons = [r for r in plan.reasons if not r.startswith("cut point:")]
+        plan.reasons.append(f"warm start: {reason}")
+        plan.warm_start = {"view": chosen.name, "val_acc": fit.val_acc, "C": fit.C}
+        low = fit.val_acc - 1.96 * standard_error(fit.val_acc, n_va)
+        plan.expected_accuracy = {
+            "low": round(max(0.0, low), 4),
+            "high": 1.0,
+            "probe_accuracy": round(fit.val_acc, 4),
+            "basis": f"the frozen choice's validation accuracy on {n_va} images (95% interval "
+            "below it): fine-tuning starts from it and replaces it only when it validates better",
+        }
+        return WarmStart(
+            fit.head.eval(),
+            chosen.name,
+            chosen.stage_index,
+            chosen.grid,
+            fit.val_acc,
+            pred[n_tr : n_tr + n_va],
+            pred[n_tr + n_va :],
+        )
+
+    def _deadline(self, plan: Plan, t0: float) -> float:
+        """time.monotonic() by which fine-tuning ends: the budget from the start of the fit,
+        less a reserve for the evaluation, export and report."""
+        from .lpft import DEFAULT_TIME_BUDGET
+
+        budget = self.time_budget if self.time_budget is not None else DEFAULT_TIME_BUDGET
+        given = "--time-budget" if self.time_budget is not None else "default; --time-budget"
+        spent = time.perf_counter() - t0
+        reserve = min(60.0, 0.05 * budget)
+        plan.time_budget = {"seconds": budget, "spent_before_training": round(spent, 1)}
+        plan.reasons.append(
+            f"time budget: {budget:.0f}s ({given} to change); {spent:.0f}s spent on analysis "
+            f"and the frozen choice, {reserve:.0f}s kept for evaluation and export"
+        )
+        return time.monotonic() + budget - spent - reserve
+
+    def _estimates(self, plan, net, warm, analysis, parts, deadline, console) -> list[dict]:
+        """Measured wall-time estimates of the fine-tuning candidates, before any runs."""
+        from .lpft import describe, estimate_candidates
+
+        train, val, test = parts
+        estimates = estimate_candidates(
+            self.spec_,
+            net,
+            warm,
+            len(train),
+            len(val),
+            len(train) + len(val) + len(test),
+            analysis.images_per_second,
+            deadline - time.monotonic(),
+            self.cache_dtype,
+            full_epochs=self.finetune_epochs,
+            scratch=plan.case == 4,
+            console=console,
+        )
+        plan.estimates = estimates
+        plan.reasons.extend(describe(estimates))
+        return estimates
+
+    def _map_rows(self, net, parts, console):
+        """after -> stored maps of stage `after` for (train, val, test), cached by content."""
+        from .partial import map_view
+
+        train, val, test = parts
+
+        def rows(after: int):
+            view = map_view(self.spec_, after)
+            maps = FeatureCache(
+                self.spec_,
+                net,
+                self._cache_root(),
+                self.cache_dtype,
+                self.engine,
+                self.batch_size,
+                console,
+                views=[view],
+            )
+            maps.ensure(train + val + test)
+            got = [maps.rows(part, view.name) if part else None for part in (train, val, test)]
+            self.cache_stats_maps_ = maps.stats.to_dict()
+            return tuple(got)
+
+        return rows
+
+    def _fit_images(self, strategy, parts, run, console, context):
+        """Fine-tuning strategies: images in (and cached maps), checkpoints in the run
+        folder, warm-started from the frozen choice."""
         from .finetune import FinetuneConfig
 
+        net, features, warm, estimates, deadline = context
         train, val, test = parts
         if not self.resume and run.file("checkpoints").is_dir():
             console.note(
                 f"'{run.path}' holds the checkpoints of an interrupted run; fine-tuning from "
                 "the start (add --resume to continue it)"
+            )
+        if self.finetune not in ("auto", "partial", "full"):
+            raise AutoTLError(
+                f"finetune={self.finetune!r} is not a mode; use auto, partial or full"
             )
         task = ImageTask(
             backbone=self.spec_,
@@ -352,11 +482,24 @@ class AutoTransfer(BaseEstimator):
             weights=self.weights,
             allow_download=self.allow_download,
             time_budget=self.time_budget,
+            net=net,
+            warm_start=warm,
+            estimates=estimates,
+            map_rows=self._map_rows(net, parts, console),
+            deadline=deadline,
+            mode=self.finetune,
+            seed=self.seed,
         )
         result = strategy.fit(task)
         for note in getattr(result, "notes", []):
             console.note(f"train: {note}")
         self.model_ = result.model.eval()
+        kept = getattr(result, "kept", None)
+        if kept is not None:
+            self.plan_.outcome = kept
+        known = getattr(result, "predictions", None)
+        if known is not None and known[0] is not None and (known[1] is not None or not test):
+            return result, (None, np.asarray(known[0]), np.asarray(known[1]))
         return result, (None, self._predict_samples(val), self._predict_samples(test))
 
     def _predict_samples(self, samples) -> np.ndarray:
@@ -402,19 +545,9 @@ class AutoTransfer(BaseEstimator):
     def _plan(self, analysis: Analysis, spec, plugins) -> Plan:
         profile = analysis.profile
         # Fine-tuning costs about 3 forward passes (forward + backward) per image and epoch.
-        finetune_seconds = (
-            self.finetune_epochs * 3 * profile.train_images / max(analysis.images_per_second, 1e-9)
-        )
-        return make_plan(
-            profile,
-            spec,
-            self._head_config(),
-            plugins,
-            self.case,
-            self.strategy,
-            self.time_budget,
-            finetune_seconds,
-        )
+        # No demotion on a coarse guess here: the fine-tuning strategies measure what each
+        # candidate costs on this machine and keep the frozen choice when nothing fits.
+        return make_plan(profile, spec, self._head_config(), plugins, self.case, self.strategy)
 
     def _metrics(self, result, preds, parts, seconds) -> dict:
         train, val, test = parts

@@ -47,6 +47,9 @@ class BackboneSpec:
     eval mode whose `forward_stages(x, upto)` returns the NCHW feature maps of stages
     0..upto (in order) and whose `classifier` attribute is the source classifier (a module
     mapping the last stage's pooled features to source-class logits) or None.
+    Optionally, `forward_from(x, after, upto)` returns the maps of stages after+1..upto from
+    `x`, the map of stage `after`: with it the top stages can be fine-tuned on cached maps
+    (automl_tl.partial); without it a backbone is fine-tuned whole.
     `weights` is a local weight file (state dict or safetensors) overriding the default
     ones; `pretrained=False` gives random initialisation (tests, training from scratch);
     `allow_download` lets the plugin fetch default weights that are not on disk.

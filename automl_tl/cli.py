@@ -65,8 +65,20 @@ def _fit_options(func):
             type=float,
             help="Threshold of the similarity p-value (default 0.5); docs/analysis.md.",
         ),
-        click.option("--time-budget", type=float, help="Seconds; may demote fine-tuning."),
+        click.option(
+            "--time-budget",
+            type=float,
+            help="Seconds for the whole fit (default 1200); fine-tuning runs what fits.",
+        ),
         click.option("--finetune-epochs", default=10, show_default=True),
+        click.option(
+            "--finetune",
+            type=click.Choice(["auto", "partial", "full"]),
+            default="auto",
+            show_default=True,
+            help="Cases 3/4: top stages on cached maps (partial), the whole network (full), "
+            "or what trains the most within the budget (auto, with a trial epoch).",
+        ),
         click.option("--resume", is_flag=True, help="Continue an interrupted run in --out."),
         click.option(
             "--overwrite", is_flag=True, help="Replace a finished run in --out (kept otherwise)."
@@ -192,7 +204,7 @@ def demo(folder, verbose, **kwargs):
 @click.option("--size-ratio", type=float, help="Override the size threshold.")
 @click.option("--similarity-pvalue", type=float, help="Override the similarity threshold.")
 @click.option("--case", type=int, help="Force a case (1-4).")
-@click.option("--time-budget", type=float, help="Seconds; may demote fine-tuning.")
+@click.option("--time-budget", type=float, help="Seconds for a fit (default 1200).")
 @click.option("--max-analysis-images", default=2000, show_default=True)
 @click.option("--val-fraction", default=0.2, show_default=True)
 @click.option("--seed", default=0, show_default=True)

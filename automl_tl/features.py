@@ -78,6 +78,8 @@ class FeatureCache:
         engine: "auto", "onnxruntime" or "torch" (see automl_tl.runtime).
         batch_size: images per forward pass; None picks it from the available memory.
         chunk: rows computed between two commits to the store (what a kill can lose).
+        views: what is stored per image (default: every frozen-head candidate view,
+            `candidates.frozen_views`); the graph runs only up to the deepest one.
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class FeatureCache:
         batch_size: int | None = None,
         console: Console | None = None,
         chunk: int = 256,
+        views=None,
     ):
         self.spec, self.net = spec, net.eval()
         self.console = console or Console(quiet=True)
@@ -99,13 +102,13 @@ class FeatureCache:
         self.engine, self.batch_size, self.chunk = engine, batch_size, chunk
         self.stage_names = [s.name for s in spec.stages]
         # Every candidate input of a frozen head (stage x pooling grid), from one forward pass.
-        self.views = frozen_views(spec)
+        self.views = list(views) if views is not None else frozen_views(spec)
         self.view_names = [v.name for v in self.views]
         prep = spec.preprocessing
         self.extractor = FeatureExtractor(
             self.net,
             prep,
-            len(spec.stages) - 1,
+            max(v.stage_index for v in self.views),
             views=[(v.stage_index, v.grid) for v in self.views],
         ).eval()
         self.model_key = extractor_key(self.extractor, prep.crop_size)

@@ -175,6 +175,12 @@ class Plan:
     grid: int = 1
     view: str = ""
     candidates: list[dict] = field(default_factory=list)
+    # Fine-tuning cases: the frozen choice they start from, the budget, each candidate's
+    # measured estimate (automl_tl.lpft) and which candidate the kept model is.
+    warm_start: dict = field(default_factory=dict)
+    time_budget: dict = field(default_factory=dict)
+    estimates: list[dict] = field(default_factory=list)
+    outcome: str = ""
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,18 @@ class ImageTask:
     weights: str | None = None
     allow_download: bool = False
     time_budget: float | None = None
+    # Warm-started fine-tuning (automl_tl.lpft): the built backbone network (left as it is),
+    # the frozen choice to start from and fall back to (lpft.WarmStart), the plan's measured
+    # estimates of each candidate, `map_rows(after)` -> stored maps of stage `after` for
+    # (train, validation, test) (computed once, cached by content), the time.monotonic()
+    # deadline, the mode ("auto", "partial", "full") and the seed.
+    net: object = None
+    warm_start: object = None
+    estimates: list = field(default_factory=list)
+    map_rows: Callable | None = None
+    deadline: float | None = None
+    mode: str = "auto"
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -61,7 +73,9 @@ class StrategySpec:
     by torch.onnx.export, since it becomes part of the exported graph. The backbone stays
     frozen and its features are computed once.
     kind "images": `fit(ImageTask)` returns an object with `.model` (an ExportModel:
-    images -> logits), `.best_epoch`, `.history` and optionally `.notes` (list of str).
+    images -> logits), `.best_epoch`, `.history` and optionally `.notes` (list of str),
+    `.kept` (which candidate the model is: "frozen", "partial", "full", "scratch") and
+    `.predictions` ((validation, test) predicted classes, when it made them from cached maps).
     `case` names the planner case (1-4) the strategy implements, or None for a strategy
     chosen only by name (`--strategy`) or by a `select_strategy` hook.
     """

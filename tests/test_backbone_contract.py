@@ -86,6 +86,27 @@ def test_middle_cut_returns_that_stages_width(backbone):
     assert feats.shape == (2, spec.stages[mid].width)
 
 
+def test_forward_from_continues_forward_stages_exactly(backbone):
+    """Where a backbone offers forward_from (fine-tuning the top stages on cached maps), the
+    maps it computes from stage k's map are the ones forward_stages computes in one pass."""
+    spec, net = backbone
+    if not hasattr(net, "forward_from"):
+        pytest.skip(f"{spec.name} has no forward_from: it is fine-tuned whole")
+    last = len(spec.stages) - 1
+    with torch.inference_mode():
+        maps = net.forward_stages(_normalise(spec, _batch(spec)), last)
+        for after in (0, last // 2, last - 1):
+            rest = net.forward_from(maps[after], after, last)
+            assert len(rest) == last - after
+            for got, want in zip(rest, maps[after + 1 :], strict=True):
+                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_default_backbone_trains_from_cached_maps():
+    spec = get_plugins().backbone("efficientnet_lite0")
+    assert hasattr(spec.build(pretrained=False), "forward_from")
+
+
 def test_source_classifier_reproduces_the_source_model(backbone):
     spec, net = backbone
     if net.classifier is None:

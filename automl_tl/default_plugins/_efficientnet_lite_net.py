@@ -41,6 +41,18 @@ class LiteStages(nn.Module):
             maps.append(m._swish(m._bn1(m._conv_head(x))))
         return maps
 
+    def forward_from(self, x: torch.Tensor, after: int, upto: int) -> list[torch.Tensor]:
+        """The maps of stages after+1..upto, given `x`, the map of stage `after`."""
+        m, maps = self.model, []
+        for n, group in enumerate(self.block_groups, start=1):
+            if after < n <= upto:
+                for i in group:
+                    x = m._blocks[i](x)
+                maps.append(x)
+        if after < len(self.block_groups) + 1 <= upto:
+            maps.append(m._swish(m._bn1(m._conv_head(x))))
+        return maps
+
 
 def derive_stages(model: LiteStages) -> tuple[Stage, ...]:
     m = model.model

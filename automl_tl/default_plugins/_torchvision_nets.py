@@ -27,6 +27,14 @@ class _ResNetStages(_Wrapper):
             maps.append(x)
         return maps
 
+    def forward_from(self, x: torch.Tensor, after: int, upto: int) -> list[torch.Tensor]:
+        """The maps of stages after+1..upto, given `x`, the map of stage `after`."""
+        m, maps = self.model, []
+        for layer in (m.layer1, m.layer2, m.layer3, m.layer4)[after:upto]:
+            x = layer(x)
+            maps.append(x)
+        return maps
+
 
 class _FeatureStages(_Wrapper):
     """`model.features` children run in groups; each group's output is a stage."""
@@ -38,6 +46,15 @@ class _FeatureStages(_Wrapper):
                 x = self.model.features[i](x)
             maps.append(x)
             start = end
+        return maps
+
+    def forward_from(self, x: torch.Tensor, after: int, upto: int) -> list[torch.Tensor]:
+        """The maps of stages after+1..upto, given `x`, the map of stage `after`."""
+        maps = []
+        for k in range(after + 1, upto + 1):
+            for i in range(self.ends[k - 1], self.ends[k]):
+                x = self.model.features[i](x)
+            maps.append(x)
         return maps
 
 

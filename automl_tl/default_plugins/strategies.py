@@ -4,8 +4,6 @@ Training code (torch) is imported when a strategy runs, so importing this module
 
 from __future__ import annotations
 
-import dataclasses
-import time
 from typing import TYPE_CHECKING
 
 from ..hookspecs import hookimpl
@@ -31,67 +29,18 @@ def _linear_head(task: HeadTask) -> TrainResult:
     return logreg_result(result)
 
 
-def _finetune_from(task: ImageTask, pretrained: bool, config):
-    from ..finetune import build_finetune_model, finetune
-
-    model = build_finetune_model(
-        task.backbone,
-        task.n_classes,
-        task.cut,
-        pretrained,
-        task.weights,
-        task.allow_download,
-        seed=config.seed,
-    )
-    folder = task.checkpoint_dir / ("pretrained" if pretrained else "scratch")
-    return finetune(
-        model,
-        task.train_items,
-        task.val_items,
-        task.n_classes,
-        task.backbone.preprocessing,
-        config,
-        folder,
-        task.resume,
-        task.console,
-    )
-
-
-def _best_val(result) -> float:
-    return result.history[result.best_epoch - 1]["val_acc"]
-
-
 def _finetune(task: ImageTask):
-    result = _finetune_from(task, True, task.config)
-    result.notes = [
-        f"fine-tuned from pretrained weights: best validation accuracy "
-        f"{_best_val(result):.4f} at epoch {result.best_epoch}"
-    ]
-    return result
+    """Case 3: warm-started fine-tuning within the budget (automl_tl.lpft)."""
+    from ..lpft import warm_finetune
+
+    return warm_finetune(task, allow_scratch=False)
 
 
 def _finetune_or_scratch(task: ImageTask):
-    """Case 4: fine-tune from pretrained weights; when the budget allows, also train from
-    random initialisation (head and backbone at the head's learning rate); keep the better."""
-    t0 = time.perf_counter()
-    pre = _finetune(task)
-    spent = time.perf_counter() - t0
-    if task.time_budget is not None and 2 * spent > task.time_budget:
-        pre.notes.append(
-            f"from-scratch run skipped: the pretrained run took {spent:.0f}s and a second one "
-            f"would exceed the time budget of {task.time_budget:.0f}s"
-        )
-        return pre
-    cfg = dataclasses.replace(task.config, lr_backbone=task.config.lr_head)
-    scratch = _finetune_from(task, False, cfg)
-    a, b = _best_val(pre), _best_val(scratch)
-    kept = scratch if b > a else pre
-    kept.notes = pre.notes + [
-        f"trained from random initialisation: best validation accuracy {b:.4f}",
-        f"kept the {'from-scratch' if kept is scratch else 'pretrained'} model "
-        f"({max(a, b):.4f} vs {min(a, b):.4f})",
-    ]
-    return kept
+    """Case 4: as case 3, then from random weights when the evidence and the budget allow."""
+    from ..lpft import warm_finetune
+
+    return warm_finetune(task, allow_scratch=True)
 
 
 @hookimpl
@@ -119,7 +68,8 @@ def register_strategies(register):
     register(
         StrategySpec(
             name="finetune",
-            description="new head; fine-tune the whole network from pretrained weights",
+            description="start from the frozen choice's head; fine-tune the top stages on "
+            "cached maps, or the whole network, as the measured estimates fit the budget",
             fit=_finetune,
             case=3,
             kind="images",
@@ -128,8 +78,8 @@ def register_strategies(register):
     register(
         StrategySpec(
             name="finetune_or_scratch",
-            description="new head; fine-tune from pretrained weights and from random "
-            "initialisation (budget permitting), keep what validates better",
+            description="as finetune; then from random initialisation when the frozen "
+            "choice peaked early and the budget allows; keep what validates better",
             fit=_finetune_or_scratch,
             case=4,
             kind="images",

@@ -1,0 +1,495 @@
+"""Warm-started fine-tuning on a time budget: what the fine-tuning cases (3 and 4) run.
+
+1. The frozen choice (cases 1/2, measured on cached features in seconds) is both the warm
+   start and the fallback: every fine-tuning candidate starts from its head (linear probe,
+   then fine-tune) and replaces it only when it validates better by more than the noise.
+2. Before anything long starts, each candidate's wall time is estimated from throughput
+   measured on this machine (a few real training steps each): fine-tuning the top k stages
+   on cached maps (`automl_tl.partial`, k = 1..3 stages below the cut), full fine-tuning on
+   images, and training from scratch.
+3. The candidate that trains the most stages while fitting `MIN_EPOCHS` epochs into what is
+   left of the budget runs. Its first epoch is a trial: it goes on only when that epoch
+   validates above the warm start by more than the paired noise; otherwise the frozen model
+   is kept and the reason says so.
+4. From scratch (case 4) runs only on evidence that the pretrained features do not carry
+   over (the frozen choice peaked at an early stage, stride <= 8) and when its estimate fits
+   the budget left after the pretrained run; otherwise the reason says which was missing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ._extractor import FeatureExtractor
+from .candidates import standard_error
+from .console import Console
+from .export import ExportModel
+from .partial import (
+    PartialConfig,
+    map_shape,
+    map_view,
+    predict_maps,
+    step_rate,
+    top_model,
+    train_top,
+    trains_from_maps,
+)
+
+__all__ = [
+    "DEFAULT_TIME_BUDGET",
+    "MIN_EPOCHS",
+    "WarmStart",
+    "estimate_candidates",
+    "map_cap_bytes",
+    "warm_finetune",
+]
+
+DEFAULT_TIME_BUDGET = 1200.0  # seconds, analysis to export, when --time-budget is not given
+MIN_EPOCHS = 2  # a candidate must fit this many epochs (the trial and one more)
+SCRATCH_EPOCHS = 30  # training from random weights needs many more epochs than fine-tuning
+PARTIAL_DEPTHS = (1, 2, 3)  # stages below the cut trained on cached maps
+MAP_CAP_ENV = "AUTOML_TL_MAP_CACHE_GB"
+DEFAULT_MAP_CAP_GB = 4.0
+FULL_MEASURE_BATCH = 8
+
+
+def map_cap_bytes() -> float:
+    """Largest store of cached maps one fit may create: $AUTOML_TL_MAP_CACHE_GB (default 4)."""
+    text = os.environ.get(MAP_CAP_ENV, "").strip()
+    try:
+        gb = float(text) if text else DEFAULT_MAP_CAP_GB
+    except ValueError:
+        gb = DEFAULT_MAP_CAP_GB
+    return max(gb, 0.0) * 1e9
+
+
+@dataclass
+class WarmStart:
+    """The frozen choice a fine-tuning run starts from and falls back to."""
+
+    head: torch.nn.Module  # logistic regression on the view (a LinearHead)
+    view: str
+    stage_index: int
+    grid: int
+    val_acc: float
+    val_pred: np.ndarray
+    test_pred: np.ndarray | None = None
+
+
+@dataclass
+class WarmResult:
+    """What a warm-started fine-tuning strategy returns (the images-kind contract, plus the
+    predictions made from cached maps and which candidate was kept)."""
+
+    model: ExportModel
+    best_epoch: int
+    history: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    kept: str = "frozen"
+    predictions: tuple | None = None  # (validation, test) predicted classes, when known
+
+
+def _row_bytes(width: int, dtype: str) -> int:
+    return width * (1 if dtype == "int8" else 2) + (4 if dtype == "int8" else 0)
+
+
+def _full_rate(spec, net, warm: WarmStart) -> float:
+    """Measured training images per second of the whole network at the input size."""
+    import copy
+
+    model = ExportModel(
+        FeatureExtractor(copy.deepcopy(net), spec.preprocessing, warm.stage_index, warm.grid),
+        copy.deepcopy(warm.head),
+    )
+    size = spec.preprocessing.crop_size
+    x = torch.rand(FULL_MEASURE_BATCH, 3, size, size)
+    model.train()
+    times = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        model(x).logsumexp(1).sum().backward()
+        times.append(time.perf_counter() - t0)
+    return FULL_MEASURE_BATCH / max(times[-1], 1e-9)
+
+
+def estimate_candidates(
+    spec,
+    net,
+    warm: WarmStart,
+    n_train: int,
+    n_val: int,
+    n_maps: int,
+    embed_rate: float,
+    remaining: float,
+    dtype: str = "fp16",
+    epochs: int = PartialConfig.epochs,
+    full_epochs: int = 10,
+    scratch: bool = False,
+    console: Console | None = None,
+) -> list[dict]:
+    """Each candidate's estimated wall time on this machine, from measured throughput, its
+    expected accuracy with the basis, and whether it fits `remaining` seconds; in order of
+    preference (most stages trained first), the frozen choice last."""
+    console = console or Console(quiet=True)
+    cut, out = warm.stage_index, []
+    band = 1.96 * standard_error(warm.val_acc, n_val)
+    frozen_low = round(max(0.0, warm.val_acc - band), 4)
+    at_least = {
+        "low": frozen_low,
+        "high": 1.0,
+        "basis": "starts from the frozen head and is kept only if it validates better: at "
+        "least the frozen choice's band",
+    }
+    with console.progress("measure", 1 + len(PARTIAL_DEPTHS), unit="candidate") as bar:
+        per_image = 1.0 / _full_rate(spec, net, warm)
+        bar.update()
+        # forward + backward per training image, forward alone (a third) per validation image
+        full_epoch = per_image * (n_train + n_val / 3)
+        for kind, n_epochs in (("full", full_epochs), ("scratch", SCRATCH_EPOCHS)):
+            if kind == "scratch" and not scratch:
+                continue
+            seconds = n_epochs * full_epoch
+            out.append(
+                {
+                    "candidate": kind,
+                    "kind": kind,
+                    "stages": f"{spec.stages[0].name}..{spec.stages[cut].name}",
+                    "seconds_per_epoch": round(full_epoch, 1),
+                    "setup_seconds": 0.0,
+                    "epochs": n_epochs,
+                    "seconds": round(seconds, 1),
+                    "fits": MIN_EPOCHS * full_epoch <= remaining,
+                    "expected": at_least
+                    if kind == "full"
+                    else {
+                        "low": 0.0,
+                        "high": 1.0,
+                        "basis": "random initialisation: no measurement predicts it",
+                    },
+                }
+            )
+        for k in sorted(PARTIAL_DEPTHS, reverse=True):
+            after = cut - k
+            if after < 0 or not trains_from_maps(net):
+                bar.update()
+                continue
+            view = map_view(spec, after)
+            top = top_model(spec, net, after, cut, warm.grid, warm.head)
+            top.trained_parameters(top.shape)
+            rate = step_rate(top, top.shape)
+            bar.update()
+            store = n_maps * _row_bytes(view.width, dtype)
+            epoch_s = (n_train + n_val / 3) / rate
+            setup = n_maps / max(embed_rate, 1e-9)
+            fits_cap = store <= map_cap_bytes()
+            out.append(
+                {
+                    "candidate": f"partial k={k}",
+                    "kind": "partial",
+                    "after": after,
+                    "stages": f"{spec.stages[after + 1].name}..{spec.stages[cut].name} on "
+                    f"cached {spec.stages[after].name} maps {map_shape(spec, after)}",
+                    "seconds_per_epoch": round(epoch_s, 1),
+                    "setup_seconds": round(setup, 1),
+                    "epochs": epochs,
+                    "seconds": round(setup + epochs * epoch_s, 1),
+                    "map_store_mb": round(store / 1e6, 1),
+                    "fits": fits_cap and setup + MIN_EPOCHS * epoch_s <= remaining,
+                    "expected": at_least,
+                    **(
+                        {}
+                        if fits_cap
+                        else {
+                            "why_not": f"its maps need {store / 1e9:.1f} GB, over the cap of "
+                            f"{map_cap_bytes() / 1e9:.1f} GB (${MAP_CAP_ENV})"
+                        }
+                    ),
+                }
+            )
+    out.append(
+        {
+            "candidate": f"frozen {warm.view}",
+            "kind": "frozen",
+            "seconds": 0.0,
+            "fits": True,
+            "expected": {
+                "low": frozen_low,
+                "high": round(min(1.0, warm.val_acc + band), 4),
+                "basis": f"measured: 95% interval of the frozen head's validation accuracy on "
+                f"{n_val} images",
+            },
+        }
+    )
+    return out
+
+
+def describe(estimates: list[dict]) -> list[str]:
+    """One line per candidate for the plan's reasons and the console."""
+    lines = []
+    for e in estimates:
+        ex = e["expected"]
+        if e["kind"] == "frozen":
+            cost = "done"
+        else:
+            cost = f"~{_clock(e['seconds'])} ({e['epochs']} epochs x {e['seconds_per_epoch']:.0f}s"
+            cost += f" + {e['setup_seconds']:.0f}s caching maps)" if e.get("setup_seconds") else ")"
+        fits = ""
+        if not e["fits"]:
+            fits = " - does not fit" + (f": {e['why_not']}" if "why_not" in e else "")
+        lines.append(
+            f"estimate: {e['candidate']}: {cost}; expected accuracy {ex['low']:.3f}-"
+            f"{ex['high']:.3f} ({ex['basis']}){fits}"
+        )
+    return lines
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds}s" if seconds < 120 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def pick(estimates: list[dict], mode: str = "auto") -> dict | None:
+    """The candidate to run: the first that fits (most stages trained), restricted to the
+    kind `mode` asks for ("partial" or "full"); None keeps the frozen choice."""
+    for e in estimates:
+        if e["kind"] in ("frozen", "scratch"):
+            continue
+        if mode != "auto" and e["kind"] != mode:
+            continue
+        if e["fits"] or mode != "auto":
+            return e
+    return None
+
+
+def _accept(acc: float, base: float, se: float, z: float) -> bool:
+    return acc - base > z * se
+
+
+def warm_finetune(task, allow_scratch: bool) -> WarmResult:
+    """Cases 3/4: run the candidate picked from the plan's estimates, warm-started from the
+    frozen choice; keep the frozen model when nothing beats it (see the module docstring)."""
+    warm, console = task.warm_start, task.console
+    prep = task.backbone.preprocessing
+    frozen = ExportModel(
+        FeatureExtractor(task.net, prep, warm.stage_index, warm.grid), warm.head
+    ).eval()
+    frozen_result = WarmResult(frozen, 0, [], [], "frozen", (warm.val_pred, warm.test_pred))
+    choice = pick(task.estimates, task.mode)
+    if choice is None:
+        cheapest = min(
+            (e for e in task.estimates if e["kind"] in ("partial", "full")),
+            key=lambda e: e["seconds"],
+            default=None,
+        )
+        why = "no fine-tuning candidate fits the time budget"
+        if cheapest is not None:
+            left = task.deadline - time.monotonic() if task.deadline else math.inf
+            why += (
+                f" ({_clock(max(left, 0))} left; the cheapest, {cheapest['candidate']}, needs "
+                f"{_clock(cheapest['setup_seconds'] + MIN_EPOCHS * cheapest['seconds_per_epoch'])}"
+                f" for {MIN_EPOCHS} epochs)"
+            )
+        frozen_result.notes.append(f"{why}: kept the frozen choice '{warm.view}'")
+        return frozen_result
+    console.note(f"fine-tune: {choice['candidate']}: {choice['stages']}")
+    if choice["kind"] == "partial":
+        result = _run_partial(task, choice)
+    else:
+        result = _run_full(task, choice)
+    if allow_scratch:
+        verdict, go = _scratch_verdict(task)
+        result.notes.append(verdict)
+        if go:
+            result = _run_scratch(task, result)
+    return result
+
+
+def _scratch_verdict(task) -> tuple[str, bool]:
+    """Case 4's from-scratch run: the evidence it needs, whether it is there (and a reason)."""
+    spec, warm = task.backbone, task.warm_start
+    stride = spec.stages[warm.stage_index].stride
+    scratch = next((e for e in task.estimates if e["kind"] == "scratch"), None)
+    left = task.deadline - time.monotonic() if task.deadline else math.inf
+    early = stride <= 8
+    need = scratch["seconds"] if scratch else math.inf
+    if early and need <= left:
+        return (
+            f"from-scratch run: the frozen choice peaked at stride {stride} (<= 8: the "
+            f"pretrained deep features do not carry over) and its estimate ({_clock(need)}) "
+            f"fits the {_clock(left)} left"
+        ), True
+    parts = []
+    if not early:
+        parts.append(
+            f"the frozen choice peaked at '{spec.stages[warm.stage_index].name}' (stride "
+            f"{stride} > 8): the pretrained features carry over"
+        )
+    if need > left:
+        parts.append(f"its estimate ({_clock(need)}) exceeds the {_clock(max(left, 0))} left")
+    return "from-scratch run skipped: " + "; ".join(parts), False
+
+
+def _val_acc(task, result: WarmResult) -> float:
+    y_val = np.array([y for _, y in task.val_items])
+    if result.predictions is not None and result.predictions[0] is not None:
+        return float(np.mean(np.asarray(result.predictions[0]) == y_val))
+    return max((h["val_acc"] for h in result.history), default=0.0)
+
+
+def _run_scratch(task, current: WarmResult) -> WarmResult:
+    """Train the whole network from random weights (head and backbone at the head's rate);
+    keep it only when it validates above `current`."""
+    import dataclasses
+
+    from .finetune import build_finetune_model, finetune
+
+    config = dataclasses.replace(task.config, lr_backbone=task.config.lr_head)
+    model = build_finetune_model(
+        task.backbone,
+        task.n_classes,
+        None,
+        False,
+        task.weights,
+        task.allow_download,
+        seed=config.seed,
+    )
+
+    def callback(record: dict) -> bool:
+        return task.deadline is not None and time.monotonic() + record["seconds"] > task.deadline
+
+    result = finetune(
+        model,
+        task.train_items,
+        task.val_items,
+        task.n_classes,
+        task.backbone.preprocessing,
+        config,
+        task.checkpoint_dir / "scratch",
+        task.resume,
+        task.console,
+        callback,
+    )
+    mine = max(h["val_acc"] for h in result.history)
+    theirs = _val_acc(task, current)
+    note = f"trained from random initialisation: best validation accuracy {mine:.4f}"
+    if mine > theirs:
+        kept = f"kept the from-scratch model ({mine:.4f} vs {theirs:.4f})"
+        notes = current.notes + [note, kept]
+        return WarmResult(result.model, result.best_epoch, result.history, notes, "scratch")
+    current.notes += [note, f"kept the {current.kept} model ({theirs:.4f} vs {mine:.4f})"]
+    return current
+
+
+def _run_partial(task, choice: dict) -> WarmResult:
+    warm, console = task.warm_start, task.console
+    spec, prep = task.backbone, task.backbone.preprocessing
+    after = choice["after"]
+    rows_train, rows_val, rows_test = task.map_rows(after)
+    y_train = np.array([y for _, y in task.train_items])
+    y_val = np.array([y for _, y in task.val_items])
+    top = top_model(spec, task.net, after, warm.stage_index, warm.grid, warm.head)
+    epochs = choice["epochs"]
+    if task.deadline is not None:
+        left = task.deadline - time.monotonic()
+        epochs = max(1, min(epochs, int(left // max(choice["seconds_per_epoch"], 1e-9))))
+    # A trial only when the engine chose; a mode the user named runs its epochs.
+    trial = PartialConfig.trial_z if task.mode == "auto" else -math.inf
+    config = PartialConfig(epochs=epochs, seed=task.seed, trial_z=trial)
+    res = train_top(
+        top, rows_train, y_train, rows_val, y_val, task.n_classes, config, console, task.deadline
+    )
+    if res.best_epoch == 0:
+        out = WarmResult(
+            ExportModel(
+                FeatureExtractor(task.net, prep, warm.stage_index, warm.grid), warm.head
+            ).eval(),
+            0,
+            res.history,
+            res.notes,
+            "frozen",
+            (warm.val_pred, warm.test_pred),
+        )
+        return out
+    model = ExportModel(
+        FeatureExtractor(top.net, prep, warm.stage_index, warm.grid), top.head
+    ).eval()
+    test_pred = predict_maps(top, rows_test) if rows_test is not None else None
+    notes = [f"fine-tuned {choice['stages']} from the frozen head"] + res.notes
+    preds = (res.val_pred, test_pred)
+    return WarmResult(model, res.best_epoch, res.history, notes, "partial", preds)
+
+
+def _run_full(task, choice: dict) -> WarmResult:
+    """Full fine-tuning on images (automl_tl.finetune), warm-started from the frozen head."""
+    import copy
+    import dataclasses
+
+    from .finetune import finetune
+
+    warm, console = task.warm_start, task.console
+    prep = task.backbone.preprocessing
+    net = copy.deepcopy(task.net)
+    model = ExportModel(
+        FeatureExtractor(net, prep, warm.stage_index, warm.grid), copy.deepcopy(warm.head)
+    )
+    # LP-FT: the head is warm, so it learns at the backbone's rate, not 10x it
+    config = dataclasses.replace(task.config, lr_head=task.config.lr_backbone)
+    se = standard_error(warm.val_acc, len(task.val_items))
+
+    def callback(record: dict) -> bool:
+        trial = task.mode == "auto" and record["epoch"] == 1
+        if trial and not _accept(record["val_acc"], warm.val_acc, se, 1.0):
+            stop_notes.append(
+                f"trial epoch: validation {record['val_acc']:.4f} vs warm start "
+                f"{warm.val_acc:.4f} (noise {se:.4f}): not worth going on"
+            )
+            return True
+        if task.deadline is not None and time.monotonic() + record["seconds"] > task.deadline:
+            stop_notes.append(
+                f"stopped after epoch {record['epoch']}: one more ({record['seconds']:.0f}s) "
+                "would pass the time budget"
+            )
+            return True
+        return False
+
+    stop_notes: list[str] = []
+    result = finetune(
+        model,
+        task.train_items,
+        task.val_items,
+        task.n_classes,
+        prep,
+        config,
+        task.checkpoint_dir / "pretrained",
+        task.resume,
+        console,
+        callback,
+    )
+    best = max(result.history, key=lambda h: (h["val_acc"], -h["val_loss"]))
+    if _accept(best["val_acc"], warm.val_acc, se, 1.645):
+        return WarmResult(
+            result.model,
+            result.best_epoch,
+            result.history,
+            [
+                f"fine-tuned the whole network from the frozen head: best validation accuracy "
+                f"{best['val_acc']:.4f} at epoch {result.best_epoch} (warm start "
+                f"{warm.val_acc:.4f})",
+                *stop_notes,
+            ],
+            "full",
+        )
+    frozen = ExportModel(
+        FeatureExtractor(task.net, prep, warm.stage_index, warm.grid), warm.head
+    ).eval()
+    notes = stop_notes + [
+        f"kept the warm start (the frozen head): best fine-tuned validation {best['val_acc']:.4f}"
+        f" vs {warm.val_acc:.4f} does not beat it by 1.645 x SE {se:.4f}"
+    ]
+    return WarmResult(frozen, 0, result.history, notes, "frozen", (warm.val_pred, warm.test_pred))

@@ -1,0 +1,191 @@
+"""Warm-started fine-tuning (automl_tl.lpft, automl_tl.partial): the top stages trained on
+cached maps start exactly at the frozen choice, keep it unless an epoch beats it beyond the
+noise, respect the deadline, and the fit records its estimates, budget and outcome."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from automl_tl import AutoTransfer
+from automl_tl.data import audit, scan, split
+from automl_tl.features import FeatureCache
+from automl_tl.logreg import fit_logreg
+from automl_tl.partial import (
+    PartialConfig,
+    map_view,
+    paired_se,
+    predict_maps,
+    top_model,
+    train_top,
+)
+from automl_tl.plugins import get_plugins
+from tests.conftest import shared_dataset
+from tests.test_cases import make_subset
+
+
+def test_paired_se_counts_only_the_images_the_two_disagree_on():
+    y = np.array([0, 1, 1, 0, 1, 0, 1, 1])
+    a = np.array([0, 1, 1, 0, 1, 0, 0, 0])  # 6 right
+    b = np.array([0, 1, 0, 0, 1, 0, 1, 0])  # 6 right, on other images
+    # d = a_right - b_right = [0,0,1,0,0,0,-1,0]: sum 0, sum of squares 2
+    assert paired_se(a, b, y) == pytest.approx(np.sqrt(2) / 8)
+    assert paired_se(a, a, y) == pytest.approx(1 / 8)  # floored at one image
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    src = shared_dataset("mnist")
+    return make_subset(src, tmp_path_factory.mktemp("lpft"), ["3", "5", "8"], 14, 8)
+
+
+@pytest.fixture(scope="module")
+def warm(digits, tmp_path_factory):
+    """Frozen block4@2x2 head on real digits, and block3's cached maps (stage 4 of 9)."""
+    spec = get_plugins().backbone("efficientnet_lite0")
+    net = spec.build()
+    cache = tmp_path_factory.mktemp("cache")
+    report = audit(scan(digits), None, False)
+    train, val, _ = split(report.samples, 0.2, 0)
+    y = {s: report.classes.index(s.label) for s in train + val}
+    yt, yv = np.array([y[s] for s in train]), np.array([y[s] for s in val])
+    features = FeatureCache(spec, net, cache)
+    view = next(v for v in features.views if v.name == "block4@2x2")
+    fit = fit_logreg(features.rows(train, view.name), yt, features.rows(val, view.name), yv, 3)
+    after = view.stage_index - 1
+    mv = map_view(spec, after)
+    maps = FeatureCache(spec, net, cache, views=[mv])
+    rows = maps.rows(train, mv.name), maps.rows(val, mv.name)
+    view_val = features.rows(val, view.name).dequantize()
+    return spec, net, view, fit, after, rows, (yt, yv), view_val
+
+
+def test_epoch_zero_is_the_frozen_head_exactly(warm):
+    """Stages after the cached map recomputed from it, pooled, through the head: the same
+    predictions as the head on the cached pooled view (both paths stored in fp16)."""
+    spec, net, view, fit, after, (rt, rv), (yt, yv), view_val = warm
+    top = top_model(spec, net, after, view.stage_index, view.grid, fit.head)
+    assert top.shape == (80, 14, 14)  # block3's map at 224 px
+    with torch.no_grad():
+        frozen = fit.head(view_val).argmax(1).numpy()
+    np.testing.assert_array_equal(predict_maps(top, rv), frozen)
+    assert float(np.mean(frozen == yv)) == pytest.approx(fit.val_acc)
+
+
+def test_an_epoch_that_does_not_beat_the_noise_leaves_the_warm_start(warm):
+    spec, net, view, fit, after, (rt, rv), (yt, yv), _ = warm
+    top = top_model(spec, net, after, view.stage_index, view.grid, fit.head)
+    before = {k: v.clone() for k, v in top.state_dict().items()}
+    config = PartialConfig(epochs=2, batch_size=8, lr=1e-3, trial_z=-1e9, accept_z=1e9)
+    res = train_top(top, rt, yt, rv, yv, 3, config)
+    assert res.best_epoch == 0 and res.stop_reason == "epochs"
+    assert [h["epoch"] for h in res.history] == [0, 1, 2]
+    assert res.notes[-1].startswith("kept the warm start (the frozen head)")
+    for k, v in top.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    # the warm start restored: the same weights as the caller's network, which was not touched
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in top.net.state_dict().items())
+
+
+def test_an_epoch_beyond_the_noise_is_kept_and_trains_only_the_top(warm):
+    spec, net, view, fit, after, (rt, rv), (yt, yv), _ = warm
+    # a timid copy of the head (same predictions, 20x smaller logits): its validation loss
+    # is high, so a fine-tuned epoch beats it on loss even where accuracy ties
+    head = copy.deepcopy(fit.head)
+    with torch.no_grad():
+        head.fc.weight.mul_(0.05)
+        head.fc.bias.mul_(0.05)
+    top = top_model(spec, net, after, view.stage_index, view.grid, head)
+    config = PartialConfig(epochs=2, batch_size=8, lr=1e-4, trial_z=-1e9, accept_z=-1e9)
+    res = train_top(top, rt, yt, rv, yv, 3, config)
+    assert res.best_epoch in (1, 2)
+    best = max(res.history[1:], key=lambda h: (h["val_acc"], -h["val_loss"]))
+    assert res.best_epoch == best["epoch"]
+    np.testing.assert_array_equal(res.val_pred, predict_maps(top, rv))
+    changed = {
+        k.split(".")[1]
+        for k, v in top.net.state_dict().items()
+        if not torch.equal(v, net.state_dict()[k])
+    }
+    # EfficientNet-Lite0 block3's map -> block4 (blocks 8-10 of the upstream model); BatchNorm
+    # statistics stay frozen, so only weights of those blocks change
+    assert changed == {"_blocks"}
+    blocks = {
+        int(k.split(".")[2])
+        for k, v in top.net.state_dict().items()
+        if not torch.equal(v, net.state_dict()[k])
+    }
+    assert blocks == {8, 9, 10}
+    assert not any(
+        "running" in k and not torch.equal(v, net.state_dict()[k])
+        for k, v in top.net.state_dict().items()
+    )
+
+
+def test_a_trial_epoch_without_gain_stops_training(warm):
+    spec, net, view, fit, after, (rt, rv), (yt, yv), _ = warm
+    top = top_model(spec, net, after, view.stage_index, view.grid, fit.head)
+    config = PartialConfig(epochs=4, batch_size=8, trial_z=1e9)
+    res = train_top(top, rt, yt, rv, yv, 3, config)
+    assert res.stop_reason == "trial" and [h["epoch"] for h in res.history] == [0, 1]
+    assert "trial epoch" in res.notes[0] and res.best_epoch == 0
+
+
+def test_a_passed_deadline_stops_after_one_batch(warm):
+    spec, net, view, fit, after, (rt, rv), (yt, yv), _ = warm
+    top = top_model(spec, net, after, view.stage_index, view.grid, fit.head)
+    config = PartialConfig(epochs=3, batch_size=8, trial_z=-1e9)
+    res = train_top(top, rt, yt, rv, yv, 3, config, deadline=time.monotonic() - 1)
+    assert res.stop_reason == "budget" and res.history[-1]["images"] == 8
+    assert "stopped after 8 images" in res.notes[0]
+
+
+# ---------------------------------------------------------------------------- the whole fit
+def _fit(data, out, cache, **kw) -> AutoTransfer:
+    return AutoTransfer(case=3, out=out, cache_dir=cache, max_analysis_images=24, **kw).fit(data)
+
+
+@pytest.mark.slow
+def test_partial_fit_records_estimates_budget_and_outcome(digits, tmp_path):
+    model = _fit(digits, tmp_path / "run", tmp_path / "cache", finetune="partial")
+    plan = json.loads((model.run_dir_ / "plan.json").read_text())
+    kinds = [e["kind"] for e in plan["estimates"]]
+    assert kinds == ["full", "partial", "partial", "partial", "frozen"]
+    assert all(e["seconds"] >= 0 and "basis" in e["expected"] for e in plan["estimates"])
+    assert plan["time_budget"]["seconds"] == 1200
+    assert any(r.startswith("time budget: 1200s (default") for r in plan["reasons"])
+    assert plan["warm_start"]["view"] == plan["view"]
+    assert plan["outcome"] in ("partial", "frozen")
+    metrics = json.loads((model.run_dir_ / "metrics.json").read_text())
+    notes = "\n".join(metrics["notes"])
+    assert "fine-tuned block" in notes or "kept the warm start" in notes
+    assert metrics["history"][0]["epoch"] == 0
+    assert metrics["history"][0]["val_acc"] == pytest.approx(plan["warm_start"]["val_acc"])
+    assert metrics["export_check"]["passed"]
+    # the kept model's validation accuracy is never below the frozen choice's
+    assert metrics["validation"]["accuracy"] >= plan["warm_start"]["val_acc"]
+
+
+@pytest.mark.slow
+def test_a_budget_too_small_for_any_candidate_keeps_the_frozen_choice(digits, tmp_path):
+    model = _fit(digits, tmp_path / "run", tmp_path / "cache", time_budget=5)
+    metrics = json.loads((model.run_dir_ / "metrics.json").read_text())
+    assert model.plan_.outcome == "frozen"
+    assert "no fine-tuning candidate fits the time budget" in metrics["notes"][0]
+    assert not (model.run_dir_ / "checkpoints").exists()
+    assert metrics["validation"]["accuracy"] == pytest.approx(model.plan_.warm_start["val_acc"])
+    assert metrics["export_check"]["passed"]
+
+
+@pytest.mark.slow
+def test_map_store_over_the_cap_is_not_a_candidate(digits, tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOML_TL_MAP_CACHE_GB", "0.000001")
+    model = _fit(digits, tmp_path / "run", tmp_path / "cache", finetune_epochs=1)
+    partial = [e for e in model.plan_.estimates if e["kind"] == "partial"]
+    assert partial and all(not e["fits"] for e in partial)
+    assert all("over the cap of 0.0 GB ($AUTOML_TL_MAP_CACHE_GB)" in e["why_not"] for e in partial)
