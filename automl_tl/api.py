@@ -420,6 +420,7 @@ class AutoTransfer(BaseEstimator):
             analysis.images_per_second,
             deadline - time.monotonic(),
             self.cache_dtype,
+            epochs=self.finetune_epochs,
             full_epochs=self.finetune_epochs,
             scratch=plan.case == 4,
             console=console,

@@ -237,7 +237,9 @@ def describe(estimates: list[dict]) -> list[str]:
         if e["kind"] == "frozen":
             cost = "done"
         else:
-            cost = f"~{_clock(e['seconds'])} ({e['epochs']} epochs x {e['seconds_per_epoch']:.0f}s"
+            per = e["seconds_per_epoch"]
+            each = f"{per:.1f}s" if per < 10 else _clock(per)
+            cost = f"~{_clock(e['seconds'])} ({e['epochs']} epochs x {each}"
             cost += f" + {e['setup_seconds']:.0f}s caching maps)" if e.get("setup_seconds") else ")"
         fits = ""
         if not e["fits"]:
@@ -297,6 +299,7 @@ def warm_finetune(task, allow_scratch: bool) -> WarmResult:
             )
         frozen_result.notes.append(f"{why}: kept the frozen choice '{warm.view}'")
         return frozen_result
+    choice["ran"] = True
     console.note(f"fine-tune: {choice['candidate']}: {choice['stages']}")
     if choice["kind"] == "partial":
         result = _run_partial(task, choice)

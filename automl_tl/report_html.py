@@ -301,7 +301,38 @@ def _decision(plan: dict, profile: dict) -> str:
         body += f"<h3>Why this plan</h3><ol>{items}</ol>"
     body += "<h3>Cut points</h3>" + _stage_table(profile, plan.get("cut"))
     body += _candidates(plan)
+    body += _estimates(plan)
     return _section("decision", "Profile and decision", body)
+
+
+def _estimates(plan: dict) -> str:
+    """Fine-tuning cases: each candidate's measured estimate, and which one the model is."""
+    rows_in = [e for e in plan.get("estimates") or [] if isinstance(e, dict)]
+    if not rows_in:
+        return ""
+    kept = plan.get("outcome")
+    rows, mark = [], -1
+    for i, e in enumerate(rows_in):
+        ex = _dict(e.get("expected"))
+        is_kept = e.get("kind") == kept and (kept != "partial" or e.get("ran"))
+        if is_kept:
+            mark = i
+        rows.append(
+            [
+                _e(e.get("candidate")) + (" ◀ kept" if is_kept else ""),
+                _e(e.get("stages", "")),
+                _duration(e.get("seconds")) if e.get("kind") != "frozen" else "done",
+                _e("yes" if e.get("fits") else "no: " + str(e.get("why_not", "over budget"))),
+                f"{_num(ex.get('low'))}-{_num(ex.get('high'))}",
+                _e(ex.get("basis", "")),
+            ]
+        )
+    budget = _dict(plan.get("time_budget"))
+    title = "<h3>Fine-tuning candidates, estimated before training"
+    if budget.get("seconds"):
+        title += f" (time budget {_duration(budget['seconds'])})"
+    head = ["candidate", "trains", "estimated time", "fits", "expected accuracy", "basis"]
+    return title + "</h3>" + _table(head, rows, mark=mark)
 
 
 def _candidates(plan: dict) -> str:

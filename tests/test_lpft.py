@@ -189,3 +189,70 @@ def test_map_store_over_the_cap_is_not_a_candidate(digits, tmp_path, monkeypatch
     partial = [e for e in model.plan_.estimates if e["kind"] == "partial"]
     assert partial and all(not e["fits"] for e in partial)
     assert all("over the cap of 0.0 GB ($AUTOML_TL_MAP_CACHE_GB)" in e["why_not"] for e in partial)
+
+
+@pytest.mark.parametrize(
+    "stage,left,go,says",
+    [
+        ("block2", 1000, True, "peaked at stride 8 (<= 8: the pretrained deep features do not"),
+        ("block5", 1000, False, "'block5' (stride 32 > 8): the pretrained features carry over"),
+        ("block2", 10, False, "its estimate (100s) exceeds the 10s left"),
+    ],
+)
+def test_from_scratch_needs_an_early_peak_and_the_budget(stage, left, go, says):
+    from types import SimpleNamespace
+
+    from automl_tl.lpft import _scratch_verdict
+
+    spec = get_plugins().backbone("efficientnet_lite0")
+    task = SimpleNamespace(
+        backbone=spec,
+        warm_start=SimpleNamespace(stage_index=spec.stage_index(stage)),
+        estimates=[{"kind": "scratch", "seconds": 100.0}],
+        deadline=time.monotonic() + left,
+    )
+    text, run = _scratch_verdict(task)
+    assert run is go and says in text
+
+
+@pytest.mark.slow
+def test_from_scratch_run_is_kept_when_it_validates_better(tmp_path):
+    """The case-4 run from random weights, for real (1 epoch on 12 digits), against a
+    current model that got every validation image wrong."""
+    from types import SimpleNamespace
+
+    from automl_tl.console import Console
+    from automl_tl.finetune import CHECKPOINT_NAME, FinetuneConfig, load_checkpoint
+    from automl_tl.lpft import WarmResult, _run_scratch
+
+    data = make_subset(shared_dataset("mnist"), tmp_path / "d", ["3", "8"], 6, 3)
+    items = {
+        part: [
+            (p, i) for i, c in enumerate(["3", "8"]) for p in sorted((data / part / c).iterdir())
+        ]
+        for part in ("train", "val")
+    }
+    task = SimpleNamespace(
+        backbone=get_plugins().backbone("efficientnet_lite0"),
+        n_classes=2,
+        config=FinetuneConfig(epochs=1),
+        weights=None,
+        allow_download=False,
+        train_items=items["train"],
+        val_items=items["val"],
+        checkpoint_dir=tmp_path / "checkpoints",
+        resume=False,
+        console=Console(quiet=True),
+        deadline=None,
+    )
+    wrong = np.array([1 - y for _, y in items["val"]])
+    current = WarmResult(None, 0, [], ["warm"], "frozen", (wrong, None))
+    out = _run_scratch(task, current)
+    ck = load_checkpoint(tmp_path / "checkpoints" / "scratch" / CHECKPOINT_NAME)
+    acc = ck["history"][0]["val_acc"]
+    assert acc > 0  # 1 epoch from random weights: at least the majority class (0.5)
+    assert (
+        out.kept == "scratch"
+        and out.notes[-1] == f"kept the from-scratch model ({acc:.4f} vs 0.0000)"
+    )
+    assert out.model is not None and out.best_epoch == 1
