@@ -189,6 +189,8 @@ class AutoTransfer(BaseEstimator):
         self.cache_stats_ = {**features.stats.to_dict(), "backend": ops.backend()}
         self.metrics_ = self._metrics(result, preds, parts, time.perf_counter() - t0)
         self.metrics_["feature_cache"] = self.cache_stats_
+        if strategy.kind == "images":
+            self.metrics_["warm_start"] = self._warm_metrics(warm, val, test)
         # which split chose the model, and what the test number means (leakage left out)
         self.metrics_["split"] = split_summary(report, parts, self.val_fraction, self.seed)
         self.onnx_path_ = run.file("model.onnx")
@@ -388,6 +390,16 @@ class AutoTransfer(BaseEstimator):
             pred[n_tr : n_tr + n_va],
             pred[n_tr + n_va :],
         )
+
+    def _warm_metrics(self, warm, val, test) -> dict:
+        """The frozen choice the fine-tuning started from, scored like the kept model (so a
+        reader sees what fine-tuning added, on validation and on test)."""
+        out = {"view": warm.view, "validation_accuracy": round(warm.val_acc, 4)}
+        if test:
+            y = self._labels(test)
+            out["test_accuracy"] = round(float(np.mean(warm.test_pred == y)), 4)
+        out["kept"] = self.plan_.outcome
+        return out
 
     def _deadline(self, plan: Plan, t0: float) -> float:
         """time.monotonic() by which fine-tuning ends: the budget from the start of the fit,

@@ -80,6 +80,7 @@ def run_case(data: Path, case: int | None, args, runs: Path) -> tuple[dict, obje
         backbone=args.backbone,
         case=case,
         finetune_epochs=args.finetune_epochs,
+        finetune=args.finetune,
         time_budget=args.time_budget,
         max_analysis_images=args.max_analysis_images,
         seed=args.seed,
@@ -103,6 +104,7 @@ def run_case(data: Path, case: int | None, args, runs: Path) -> tuple[dict, obje
         "wall": wall,
         "load": (load + os.getloadavg()[0]) / 2,
         "note": kept[0] if kept else "",
+        "warm": m.get("warm_start"),
     }
     return row, plan
 
@@ -152,6 +154,20 @@ def regret_lines(rows: dict[int, dict], auto: int) -> list[str]:
             f"{name}: best case {best} ({rows[best][key]:.3f}), auto case {auto} "
             f"({rows[auto][key]:.3f}), regret {regret:+.3f}"
         )
+    for c, r in sorted(rows.items()):
+        warm = r.get("warm")
+        if not warm:
+            continue
+        for key, split in (("val_acc", "validation_accuracy"), ("test_acc", "test_accuracy")):
+            if r[key] is None or split not in warm:
+                continue
+            diff = r[key] - warm[split]
+            verdict = "at or above" if diff >= 0 else "BELOW"
+            out.append(
+                f"case {c} ({warm['kept']} kept) on {split.split('_')[0]}: {r[key]:.3f} vs the "
+                f"frozen '{warm['view']}' it warm-started from {warm[split]:.3f} "
+                f"({diff:+.3f}): {verdict}"
+            )
     if all(r["test_acc"] is not None for r in rows.values()):
         pick = max(rows, key=lambda c: rows[c]["val_acc"])
         out.append(
@@ -177,6 +193,7 @@ def main() -> int:
     ap.add_argument("--per-class", type=int, default=40, help="0: the whole dataset")
     ap.add_argument("--eval-per-class", type=int, help="validation/test images per class")
     ap.add_argument("--finetune-epochs", type=int, default=3)
+    ap.add_argument("--finetune", default="auto", choices=["auto", "partial", "full"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--backbone", default="efficientnet_lite0")
     ap.add_argument("--time-budget", type=float, help="passed to every run (seconds)")

@@ -165,6 +165,11 @@ def test_partial_fit_records_estimates_budget_and_outcome(digits, tmp_path):
     notes = "\n".join(metrics["notes"])
     assert "fine-tuned block" in notes or "kept the warm start" in notes
     assert metrics["history"][0]["epoch"] == 0
+    assert metrics["warm_start"] == {
+        "view": plan["view"],
+        "validation_accuracy": round(plan["warm_start"]["val_acc"], 4),
+        "kept": plan["outcome"],
+    }
     assert metrics["history"][0]["val_acc"] == pytest.approx(plan["warm_start"]["val_acc"])
     assert metrics["export_check"]["passed"]
     # the kept model's validation accuracy is never below the frozen choice's
