@@ -38,7 +38,7 @@ def write_checkpoint(path: Path, payload: dict) -> None:
     write_atomic(path, buf.getbuffer(), fsync=True, fix=RUN_FULL_FIX)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
+def load_checkpoint(path: str | os.PathLike, fmt: str = FORMAT) -> dict:
     """Read a fine-tuning checkpoint with `torch.load(weights_only=True)` (never runs pickled
     code); raise CheckpointError when it is unreadable, truncated, unsafe or not one of ours."""
     path = Path(path)
@@ -50,8 +50,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
             f"checkpoint '{path}' cannot be read safely ({type(e).__name__}: {reason})"
         ) from None
     keys = ("epoch", "model", "optimizer", "scheduler", "best", "history", "config", "data")
-    if not isinstance(ck, dict) or ck.get("format") != FORMAT or any(k not in ck for k in keys):
-        raise CheckpointError(f"'{path}' is not a {FORMAT} checkpoint")
+    if not isinstance(ck, dict) or ck.get("format") != fmt or any(k not in ck for k in keys):
+        raise CheckpointError(f"'{path}' is not a {fmt} checkpoint")
     return ck
 
 

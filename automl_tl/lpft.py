@@ -57,6 +57,7 @@ PARTIAL_DEPTHS = (1, 2, 3)  # stages below the cut trained on cached maps
 MAP_CAP_ENV = "AUTOML_TL_MAP_CACHE_GB"
 DEFAULT_MAP_CAP_GB = 4.0
 FULL_MEASURE_BATCH = 8
+PARTIAL_CHECKPOINT = "partial.pt"
 
 
 def map_cap_bytes() -> float:
@@ -405,7 +406,17 @@ def _run_partial(task, choice: dict) -> WarmResult:
     trial = PartialConfig.trial_z if task.mode == "auto" else -math.inf
     config = PartialConfig(epochs=epochs, seed=task.seed, trial_z=trial)
     res = train_top(
-        top, rows_train, y_train, rows_val, y_val, task.n_classes, config, console, task.deadline
+        top,
+        rows_train,
+        y_train,
+        rows_val,
+        y_val,
+        task.n_classes,
+        config,
+        console,
+        task.deadline,
+        checkpoint=task.checkpoint_dir / "partial" / PARTIAL_CHECKPOINT,
+        resume=task.resume,
     )
     if res.best_epoch == 0:
         out = WarmResult(

@@ -25,9 +25,11 @@ How it trains, and why:
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,6 +39,7 @@ from torch.nn import functional as F
 from . import ops
 from ._extractor import grid_pool
 from .candidates import View
+from .checkpoints import CheckpointError, load_checkpoint, write_checkpoint
 from .console import Console
 from .errors import AutoTLError
 from .imagedata import class_weights, mix_seed
@@ -240,6 +243,8 @@ def train_top(
     config: PartialConfig = PartialConfig(),
     console: Console | None = None,
     deadline: float | None = None,
+    checkpoint: Path | None = None,
+    resume: bool = False,
 ) -> PartialResult:
     """Train `model` (warm-started head) on stored map rows; keep what validates best, and
     the warm start unless an epoch beats it by more than the paired noise.
@@ -248,6 +253,10 @@ def train_top(
     time.monotonic() value by which training stops (mid-epoch if need be). The trial is the
     first epoch: training goes on only when it validates above the warm start by more than
     `trial_z` paired standard errors.
+
+    With `checkpoint`, the run's state is written there atomically after every epoch; with
+    `resume`, a checkpoint of the same data and settings is continued (one that cannot be
+    read safely, or is of other data or settings, is ignored with a warning).
     """
     console = console or Console(quiet=True)
     shape = _shape_of(maps_train, model)
@@ -267,9 +276,23 @@ def train_top(
     history = [{"epoch": 0, "val_loss": loss0, "val_acc": acc0, "seconds": 0.0}]
     console.note(f"{'':10} warm start (the frozen head): val loss {loss0:.4f} acc {acc0:.4f}")
     best = {"epoch": 0, "key": (acc0, -loss0), "state": warm_state, "pred": pred0}
-    stop, notes = "epochs", []
+    stop, notes, start = "epochs", [], 1
+    data = _fingerprint(maps_train, y_train, maps_val, y_val)
+    if checkpoint is not None and resume:
+        ck = _load(checkpoint, data, config, console)
+        if ck is not None:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            sched.load_state_dict(ck["scheduler"])
+            history, notes, stop = ck["history"], ck["notes"], ck["stop"]
+            b = ck["best"]
+            best = {**b, "key": tuple(b["key"]), "pred": b["pred"].numpy()}
+            start = ck["epoch"] + 1
+            console.note(f"resuming fine-tuning on cached maps after epoch {ck['epoch']}")
     with torch.random.fork_rng(devices=[]):
-        for epoch in range(1, config.epochs + 1):
+        for epoch in range(start, config.epochs + 1):
+            if stop != "epochs":
+                break
             t0 = time.perf_counter()
             if deadline is not None and epoch > 1:
                 last = history[-1]["seconds"]
@@ -320,8 +343,7 @@ def train_top(
             if cut_short:
                 stop = "budget"
                 notes.append(f"epoch {epoch} stopped after {seen} images: the time budget ran out")
-                break
-            if epoch == 1:
+            elif epoch == 1:
                 gain, se = vacc - acc0, paired_se(pred, pred0, y_val)
                 if gain <= config.trial_z * se:
                     stop = "trial"
@@ -329,9 +351,12 @@ def train_top(
                         f"trial epoch: validation {vacc:.4f} vs warm start {acc0:.4f} (gain "
                         f"{gain:+.4f}, noise {config.trial_z:g} x {se:.4f}): not worth going on"
                     )
-                    break
-            if epoch - best["epoch"] >= config.patience and best["epoch"] > 0:
+            if stop == "epochs" and epoch - best["epoch"] >= config.patience and best["epoch"] > 0:
                 stop = "early_stopping"
+            if checkpoint is not None:
+                state = (model, opt, sched, best, history, notes, stop)
+                _save(checkpoint, data, config, epoch, *state)
+            if stop != "epochs":
                 break
     gain = best["key"][0] - acc0
     se = paired_se(best["pred"], pred0, y_val)
@@ -353,6 +378,61 @@ def train_top(
     model.load_state_dict(kept["state"])
     model.channels_last(False).eval()
     return PartialResult(model, kept["epoch"], history, stop, notes + [reason], kept["pred"])
+
+
+def _fingerprint(maps_train, y_train, maps_val, y_val) -> str:
+    """What a checkpoint must match to be continued: the labels and the stored rows' shapes
+    and a sample of their values (the maps are cached by image content)."""
+    h = hashlib.sha256()
+    for rows, y in ((maps_train, y_train), (maps_val, y_val)):
+        h.update(np.asarray(y, dtype=np.int64).tobytes())
+        h.update(repr(tuple(rows.values.shape)).encode())
+        step = max(1, len(rows) // 64)
+        h.update(rows.values[::step].contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _save(path, data, config, epoch, model, opt, sched, best, history, notes, stop) -> None:
+    write_checkpoint(
+        path,
+        {
+            "format": FORMAT,
+            "data": data,
+            "config": config.to_dict(),
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "best": {
+                "epoch": best["epoch"],
+                "key": list(best["key"]),
+                "state": best["state"],
+                "pred": torch.as_tensor(best["pred"]),
+            },
+            "history": history,
+            "notes": notes,
+            "stop": stop,
+        },
+    )
+
+
+def _load(path: Path, data: str, config: PartialConfig, console: Console) -> dict | None:
+    if not Path(path).exists():
+        return None
+    try:
+        ck = load_checkpoint(path, FORMAT)
+    except CheckpointError as e:
+        console.warn(f"{e}; training the top stages from the start")
+        return None
+    now = config.to_dict()
+    free = ("epochs",)  # a resumed run may have another budget, hence another epoch count
+    if ck["data"] != data or any(ck["config"].get(k) != v for k, v in now.items() if k not in free):
+        console.warn(
+            f"checkpoint '{path}' is of other data or settings; training the top stages from "
+            "the start"
+        )
+        return None
+    return ck
 
 
 def _shape_of(rows, model: TopModel) -> tuple[int, int, int]:

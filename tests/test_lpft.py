@@ -261,3 +261,41 @@ def test_from_scratch_run_is_kept_when_it_validates_better(tmp_path):
         and out.notes[-1] == f"kept the from-scratch model ({acc:.4f} vs 0.0000)"
     )
     assert out.model is not None and out.best_epoch == 1
+
+
+def test_a_resumed_run_continues_its_checkpoint_and_ends_as_an_uninterrupted_one(
+    warm, tmp_path, monkeypatch
+):
+    """Two epochs in one go, against a run killed right after its first checkpoint and
+    resumed: the same history, the same kept epoch and bit-identical weights."""
+    import automl_tl.partial as partial
+
+    spec, net, view, fit, after, (rt, rv), (yt, yv), _ = warm
+    config = PartialConfig(epochs=2, batch_size=8, lr=1e-4, trial_z=-1e9, accept_z=-1e9)
+
+    def fresh():
+        return top_model(spec, net, after, view.stage_index, view.grid, fit.head)
+
+    whole = train_top(fresh(), rt, yt, rv, yv, 3, config, checkpoint=tmp_path / "a.pt")
+
+    class Killed(Exception):
+        pass
+
+    real_save = partial._save
+
+    def save_then_die(path, *args):
+        real_save(path, *args)
+        raise Killed
+
+    ck = tmp_path / "b.pt"
+    monkeypatch.setattr(partial, "_save", save_then_die)
+    with pytest.raises(Killed):
+        train_top(fresh(), rt, yt, rv, yv, 3, config, checkpoint=ck)
+    monkeypatch.setattr(partial, "_save", real_save)
+    assert torch.load(ck, weights_only=True)["epoch"] == 1
+    resumed = train_top(fresh(), rt, yt, rv, yv, 3, config, checkpoint=ck, resume=True)
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in resumed.history]
+    assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in whole.history]
+    assert resumed.best_epoch == whole.best_epoch
+    for k, v in resumed.model.state_dict().items():
+        torch.testing.assert_close(v, whole.model.state_dict()[k], rtol=0, atol=0)
