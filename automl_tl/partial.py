@@ -157,6 +157,8 @@ class PartialConfig:
     batch_size: int = 64
     lr: float = 1e-4  # top stages and head alike: the head is warm
     weight_decay: float = 1e-4
+    shift: int = 1  # random translation of each training map by up to this many cells
+    mixup: float = 0.0  # Beta(a, a) mixing of training maps and labels (manifold mixup); 0: off
     accept_z: float = 1.645  # gain over the warm start needed to keep a fine-tuned epoch
     trial_z: float = 1.0  # gain the first epoch (the trial) needs to go on
     seed: int = 0
@@ -309,7 +311,11 @@ def train_top(
             with console.progress(f"epoch {epoch}/{config.epochs}", len(yt), unit="img") as bar:
                 for idx in _batches(len(yt), config.batch_size, mix_seed(config.seed, epoch, 7)):
                     x = ops.gather_dequantize(maps_train.values, maps_train.scales, idx)
-                    loss = loss_fn(model(x.view(-1, *shape)), yt[idx])
+                    x, y, y2, lam = _augment(x.view(-1, *shape), yt[idx], config)
+                    logits = model(x)
+                    loss = loss_fn(logits, y)
+                    if lam < 1.0:
+                        loss = lam * loss + (1 - lam) * loss_fn(logits, y2)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -378,6 +384,25 @@ def train_top(
     model.load_state_dict(kept["state"])
     model.channels_last(False).eval()
     return PartialResult(model, kept["epoch"], history, stop, notes + [reason], kept["pred"])
+
+
+def _augment(x: torch.Tensor, y: torch.Tensor, config: PartialConfig):
+    """Training maps translated by up to `shift` cells each (edges replicated: a small shift
+    of the image moves a stage's map by a fraction of a cell per stride), then mixed with a
+    shuffled copy when `mixup` > 0. Draws from the torch RNG (seeded per epoch)."""
+    s = config.shift
+    if s > 0:
+        h, w = x.shape[-2:]
+        padded = F.pad(x, (s, s, s, s), mode="replicate")
+        off = torch.randint(0, 2 * s + 1, (len(x), 2))
+        x = torch.stack(
+            [padded[i, :, a : a + h, b : b + w] for i, (a, b) in enumerate(off.tolist())]
+        )
+    if config.mixup > 0:
+        lam = float(torch.distributions.Beta(config.mixup, config.mixup).sample())
+        perm = torch.randperm(len(x))
+        return lam * x + (1 - lam) * x[perm], y, y[perm], lam
+    return x, y, y, 1.0
 
 
 def _fingerprint(maps_train, y_train, maps_val, y_val) -> str:
