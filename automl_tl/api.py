@@ -176,6 +176,7 @@ class AutoTransfer(BaseEstimator):
         parts = (train, val, test)
         if strategy.kind == "images":
             warm = self._warm_start(plan, features, parts, console)
+            self._features_stats = features.stats
             deadline = self._deadline(plan, t0)
             estimates = self._estimates(plan, net, warm, analysis, parts, deadline, console)
         for reason in plan.reasons:
@@ -422,24 +423,51 @@ class AutoTransfer(BaseEstimator):
         from .lpft import describe, estimate_candidates
 
         train, val, test = parts
+        everything = train + val + test
+        stats = self._features_stats
+        # the frozen graph's speed as this run measured it; torch eager's when it embedded
+        # too little to tell (a warm cache), which is slower: the estimate errs long
+        rate = analysis.images_per_second
+        if stats.computed >= 64 and stats.seconds > 0:
+            rate = stats.computed / stats.seconds
+
+        def missing(after: int) -> int:
+            return len(self._map_cache(net, after, console)._missing(everything))
+
         estimates = estimate_candidates(
             self.spec_,
             net,
             warm,
             len(train),
             len(val),
-            len(train) + len(val) + len(test),
-            analysis.images_per_second,
+            len(everything),
+            rate,
             deadline - time.monotonic(),
             self.cache_dtype,
             epochs=self.finetune_epochs,
             full_epochs=self.finetune_epochs,
             scratch=plan.case == 4,
             console=console,
+            maps_missing=missing,
         )
         plan.estimates = estimates
         plan.reasons.extend(describe(estimates))
         return estimates
+
+    def _map_cache(self, net, after: int, console) -> FeatureCache:
+        """The feature cache of stage `after`'s whole maps (automl_tl.partial)."""
+        from .partial import map_view
+
+        return FeatureCache(
+            self.spec_,
+            net,
+            self._cache_root(),
+            self.cache_dtype,
+            self.engine,
+            self.batch_size,
+            console,
+            views=[map_view(self.spec_, after)],
+        )
 
     def _map_rows(self, net, parts, console):
         """after -> stored maps of stage `after` for (train, val, test), cached by content."""
@@ -449,16 +477,7 @@ class AutoTransfer(BaseEstimator):
 
         def rows(after: int):
             view = map_view(self.spec_, after)
-            maps = FeatureCache(
-                self.spec_,
-                net,
-                self._cache_root(),
-                self.cache_dtype,
-                self.engine,
-                self.batch_size,
-                console,
-                views=[view],
-            )
+            maps = self._map_cache(net, after, console)
             maps.ensure(train + val + test)
             got = [maps.rows(part, view.name) if part else None for part in (train, val, test)]
             self.cache_stats_maps_ = maps.stats.to_dict()

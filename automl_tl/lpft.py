@@ -133,10 +133,15 @@ def estimate_candidates(
     full_epochs: int = 10,
     scratch: bool = False,
     console: Console | None = None,
+    maps_missing=None,
 ) -> list[dict]:
     """Each candidate's estimated wall time on this machine, from measured throughput, its
     expected accuracy with the basis, and whether it fits `remaining` seconds; in order of
-    preference (most stages trained first), the frozen choice last."""
+    preference (most stages trained first), the frozen choice last.
+
+    `embed_rate` is images/s of the frozen graph (this run's embedding, when it computed
+    any); `maps_missing(after)`, when given, counts the images whose maps of stage `after`
+    are not cached yet (only those are embedded)."""
     console = console or Console(quiet=True)
     cut, out = warm.stage_index, []
     band = 1.96 * standard_error(warm.val_acc, n_val)
@@ -187,7 +192,8 @@ def estimate_candidates(
             bar.update()
             store = n_maps * _row_bytes(view.width, dtype)
             epoch_s = (n_train + n_val / 3) / rate
-            setup = n_maps / max(embed_rate, 1e-9)
+            todo = n_maps if maps_missing is None else maps_missing(after)
+            setup = todo / max(embed_rate, 1e-9)
             fits_cap = store <= map_cap_bytes()
             out.append(
                 {
@@ -278,12 +284,18 @@ def warm_finetune(task, allow_scratch: bool) -> WarmResult:
     """Cases 3/4: run the candidate picked from the plan's estimates, warm-started from the
     frozen choice; keep the frozen model when nothing beats it (see the module docstring)."""
     warm, console = task.warm_start, task.console
-    prep = task.backbone.preprocessing
+    spec, prep = task.backbone, task.backbone.preprocessing
     frozen = ExportModel(
         FeatureExtractor(task.net, prep, warm.stage_index, warm.grid), warm.head
     ).eval()
     frozen_result = WarmResult(frozen, 0, [], [], "frozen", (warm.val_pred, warm.test_pred))
     choice = pick(task.estimates, task.mode)
+    if choice is None and task.mode == "partial":
+        frozen_result.notes.append(
+            f"--finetune partial: backbone {spec.name} cannot run its top stages from cached "
+            f"maps (no forward_from); kept the frozen choice '{warm.view}'"
+        )
+        return frozen_result
     if choice is None:
         cheapest = min(
             (e for e in task.estimates if e["kind"] in ("partial", "full")),
