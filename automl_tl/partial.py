@@ -218,17 +218,25 @@ def predict_maps(model: TopModel, rows, batch: int = 256) -> np.ndarray:
     ).numpy()
 
 
-def step_rate(model: TopModel, shape, batch: int = 32, steps: int = 2) -> float:
-    """Measured training images per second of `model` on maps of `shape` (forward, backward;
-    no optimiser step, so nothing changes): one warm-up step, then `steps` timed."""
+def step_rate(model: TopModel, shape, batch: int = 64, steps: int = 2) -> float:
+    """Measured training images per second of `model` on maps of `shape`: whole steps as
+    train_top takes them (shift, forward, backward, AdamW), one warm-up step, then `steps`
+    timed. It trains `model`: measure on a copy (top_model makes one)."""
     x = torch.rand(batch, *shape)
+    y = torch.zeros(batch, dtype=torch.long)
     params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-6)
     model.channels_last().train_mode()
     times = []
-    for _ in range(steps + 1):
-        t0 = time.perf_counter()
-        model(x).logsumexp(1).sum().backward()
-        times.append(time.perf_counter() - t0)
+    with torch.random.fork_rng(devices=[]):
+        for _ in range(steps + 1):
+            t0 = time.perf_counter()
+            xa, ya, _, _ = _augment(x, y, PartialConfig())
+            loss = F.cross_entropy(model(xa), ya)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            times.append(time.perf_counter() - t0)
     for p in params:
         p.grad = None
     model.channels_last(False).eval()
@@ -418,6 +426,7 @@ def _fingerprint(maps_train, y_train, maps_val, y_val) -> str:
 
 
 def _save(path, data, config, epoch, model, opt, sched, best, history, notes, stop) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_checkpoint(
         path,
         {

@@ -240,6 +240,7 @@ def partial(task: Task, depth: int = 2) -> dict:
     counts against the budget: one onnxruntime pass over train + validation storing the
     pooled last stage and the map below the trained stages (a fresh temporary cache), and
     the probe. The schedule spans the epochs the measured rate fits into what is left."""
+    import copy
     import shutil
     import tempfile
 
@@ -272,7 +273,7 @@ def partial(task: Task, depth: int = 2) -> dict:
         maps = [features.rows(part, view.name) for part in parts]
         top = top_model(spec, net, after, last, 1, probe.head)
         top.trained_parameters(top.shape)
-        rate = step_rate(top, top.shape)
+        rate = step_rate(copy.deepcopy(top), top.shape)
         setup = time.perf_counter() - start
         left = task.budget - setup
         epochs = max(1, int(left * rate / (len(yt) + len(yv) / 3)))

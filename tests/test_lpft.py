@@ -164,6 +164,8 @@ def test_partial_fit_records_estimates_budget_and_outcome(digits, tmp_path):
     metrics = json.loads((model.run_dir_ / "metrics.json").read_text())
     notes = "\n".join(metrics["notes"])
     assert "fine-tuned block" in notes or "kept the warm start" in notes
+    ck = torch.load(model.run_dir_ / "checkpoints" / "partial" / "partial.pt", weights_only=True)
+    assert ck["epoch"] == len(metrics["history"]) - 1
     assert metrics["history"][0]["epoch"] == 0
     assert metrics["warm_start"] == {
         "view": plan["view"],
