@@ -176,9 +176,8 @@ class AutoTransfer(BaseEstimator):
         parts = (train, val, test)
         if strategy.kind == "images":
             warm = self._warm_start(plan, features, parts, console)
-            self._features_stats = features.stats
             deadline = self._deadline(plan, t0)
-            estimates = self._estimates(plan, net, warm, analysis, parts, deadline, console)
+            estimates = self._estimates(plan, net, features, warm, analysis, parts, deadline)
         for reason in plan.reasons:
             console.note(f"plan: {reason}")
         if strategy.kind == "images":
@@ -418,13 +417,13 @@ class AutoTransfer(BaseEstimator):
         )
         return time.monotonic() + budget - spent - reserve
 
-    def _estimates(self, plan, net, warm, analysis, parts, deadline, console) -> list[dict]:
+    def _estimates(self, plan, net, features, warm, analysis, parts, deadline) -> list[dict]:
         """Measured wall-time estimates of the fine-tuning candidates, before any runs."""
         from .lpft import describe, estimate_candidates
 
         train, val, test = parts
         everything = train + val + test
-        stats = self._features_stats
+        stats, console = features.stats, features.console
         # the frozen graph's speed as this run measured it; torch eager's when it embedded
         # too little to tell (a warm cache), which is slower: the estimate errs long
         rate = analysis.images_per_second
