@@ -464,8 +464,11 @@ def _run_full(task, choice: dict) -> WarmResult:
     model = ExportModel(
         FeatureExtractor(net, prep, warm.stage_index, warm.grid), copy.deepcopy(warm.head)
     )
-    # LP-FT: the head is warm, so it learns at the backbone's rate, not 10x it
-    config = dataclasses.replace(task.config, lr_head=task.config.lr_backbone)
+    # LP-FT: the head is warm, so it learns at the backbone's rate, not 10x it, and the
+    # BatchNorm statistics it was fitted with stay as they are
+    config = dataclasses.replace(
+        task.config, lr_head=task.config.lr_backbone, freeze_batchnorm=True
+    )
     se = standard_error(warm.val_acc, len(task.val_items))
 
     def callback(record: dict) -> bool:
