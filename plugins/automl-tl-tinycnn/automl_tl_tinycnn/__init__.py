@@ -75,6 +75,15 @@ class TinyCNN(nn.Module):
             maps.append(x)
         return maps
 
+    def forward_from(self, x: torch.Tensor, after: int, upto: int) -> list[torch.Tensor]:
+        """Optional: the maps of stages after+1..upto from stage `after`'s map, so the top
+        stages can be fine-tuned on cached maps instead of the whole network."""
+        maps = []
+        for stage in self.stages[after + 1 : upto + 1]:
+            x = stage(x)
+            maps.append(x)
+        return maps
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_stages(x, len(self.stages) - 1)[-1]
 
