@@ -259,7 +259,7 @@ class AutoTransfer(BaseEstimator):
     def _memo(self, console: Console | None = None) -> Memo:
         return Memo(self._cache_root(), console)
 
-    def _features(self, spec, net, console) -> FeatureCache:
+    def _features(self, spec, net, console, views=None) -> FeatureCache:
         return FeatureCache(
             spec,
             net,
@@ -268,6 +268,7 @@ class AutoTransfer(BaseEstimator):
             self.engine,
             self.batch_size,
             console,
+            views=views,
         )
 
     def _fit_features(self, strategy, net, features: FeatureCache, parts, console):
@@ -457,16 +458,7 @@ class AutoTransfer(BaseEstimator):
         """The feature cache of stage `after`'s whole maps (automl_tl.partial)."""
         from .partial import map_view
 
-        return FeatureCache(
-            self.spec_,
-            net,
-            self._cache_root(),
-            self.cache_dtype,
-            self.engine,
-            self.batch_size,
-            console,
-            views=[map_view(self.spec_, after)],
-        )
+        return self._features(self.spec_, net, console, views=[map_view(self.spec_, after)])
 
     def _map_rows(self, net, parts, console):
         """after -> stored maps of stage `after` for (train, val, test), cached by content."""

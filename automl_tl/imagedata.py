@@ -65,17 +65,24 @@ _INTERPOLATION = {
 }
 
 
+def _crop_flip(prep: Preprocessing) -> list:
+    """The geometric half of the training augmentation (PIL images and tensors alike)."""
+    return [
+        v2.RandomResizedCrop(
+            prep.crop_size,
+            scale=(0.35, 1.0),
+            interpolation=_INTERPOLATION[prep.interpolation],
+            antialias=True,
+        ),
+        v2.RandomHorizontalFlip(),
+    ]
+
+
 def train_transform(prep: Preprocessing) -> v2.Compose:
     """Training augmentation: PIL RGB -> float32 CHW in [0, 1] of size crop_size."""
     return v2.Compose(
         [
-            v2.RandomResizedCrop(
-                prep.crop_size,
-                scale=(0.35, 1.0),
-                interpolation=_INTERPOLATION[prep.interpolation],
-                antialias=True,
-            ),
-            v2.RandomHorizontalFlip(),
+            *_crop_flip(prep),
             v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
             v2.ToImage(),
             v2.ToDtype(torch.float32, scale=True),
@@ -92,13 +99,7 @@ def tensor_train_transform(prep: Preprocessing) -> v2.Compose:
     """
     return v2.Compose(
         [
-            v2.RandomResizedCrop(
-                prep.crop_size,
-                scale=(0.35, 1.0),
-                interpolation=_INTERPOLATION[prep.interpolation],
-                antialias=True,
-            ),
-            v2.RandomHorizontalFlip(),
+            *_crop_flip(prep),
             v2.ToDtype(torch.float32, scale=True),
             v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
         ]

@@ -280,15 +280,19 @@ def _accept(acc: float, base: float, se: float, z: float) -> bool:
     return acc - base > z * se
 
 
+def _frozen(task, history: list[dict], notes: list[str]) -> WarmResult:
+    """The frozen choice as the kept model: the caller's network up to the cut, its head."""
+    warm, prep = task.warm_start, task.backbone.preprocessing
+    model = ExportModel(FeatureExtractor(task.net, prep, warm.stage_index, warm.grid), warm.head)
+    return WarmResult(model.eval(), 0, history, notes, "frozen", (warm.val_pred, warm.test_pred))
+
+
 def warm_finetune(task, allow_scratch: bool) -> WarmResult:
     """Cases 3/4: run the candidate picked from the plan's estimates, warm-started from the
     frozen choice; keep the frozen model when nothing beats it (see the module docstring)."""
     warm, console = task.warm_start, task.console
-    spec, prep = task.backbone, task.backbone.preprocessing
-    frozen = ExportModel(
-        FeatureExtractor(task.net, prep, warm.stage_index, warm.grid), warm.head
-    ).eval()
-    frozen_result = WarmResult(frozen, 0, [], [], "frozen", (warm.val_pred, warm.test_pred))
+    spec = task.backbone
+    frozen_result = _frozen(task, [], [])
     choice = pick(task.estimates, task.mode)
     if choice is None and task.mode == "partial":
         frozen_result.notes.append(
@@ -431,17 +435,7 @@ def _run_partial(task, choice: dict) -> WarmResult:
         resume=task.resume,
     )
     if res.best_epoch == 0:
-        out = WarmResult(
-            ExportModel(
-                FeatureExtractor(task.net, prep, warm.stage_index, warm.grid), warm.head
-            ).eval(),
-            0,
-            res.history,
-            res.notes,
-            "frozen",
-            (warm.val_pred, warm.test_pred),
-        )
-        return out
+        return _frozen(task, res.history, res.notes)
     model = ExportModel(
         FeatureExtractor(top.net, prep, warm.stage_index, warm.grid), top.head
     ).eval()
@@ -514,11 +508,8 @@ def _run_full(task, choice: dict) -> WarmResult:
             ],
             "full",
         )
-    frozen = ExportModel(
-        FeatureExtractor(task.net, prep, warm.stage_index, warm.grid), warm.head
-    ).eval()
     notes = stop_notes + [
         f"kept the warm start (the frozen head): best fine-tuned validation {best['val_acc']:.4f}"
         f" vs {warm.val_acc:.4f} does not beat it by 1.645 x SE {se:.4f}"
     ]
-    return WarmResult(frozen, 0, result.history, notes, "frozen", (warm.val_pred, warm.test_pred))
+    return _frozen(task, result.history, notes)
