@@ -40,7 +40,8 @@ class FeatureExtractor(nn.Module):
 
     The input is float32 NCHW RGB in [0, 1]; mean/std live inside so the export carries them.
     `views` lists the (stage index, grid) pairs `stage_features` returns from one forward pass
-    (default: every stage up to the cut, globally pooled).
+    (default: every stage up to the cut, globally pooled). `parts`, when given, makes the
+    output several stages' pooled maps side by side (a joined view; `cut` is the deepest).
     """
 
     def __init__(
@@ -50,14 +51,16 @@ class FeatureExtractor(nn.Module):
         cut: int,
         grid: int = 1,
         views: tuple[tuple[int, int], ...] | None = None,
+        parts: tuple[tuple[int, int], ...] = (),
     ):
         super().__init__()
         self.net = net
         self.cut = cut
         self.grid = grid
         self.views = tuple(views) if views is not None else tuple((i, 1) for i in range(cut + 1))
-        if any(i > cut for i, _ in self.views):
-            raise ValueError(f"views {self.views} reach past the cut at stage {cut}")
+        self.parts = tuple(tuple(p) for p in parts)
+        if any(i > cut for i, _ in self.views + self.parts):
+            raise ValueError(f"views {self.views + self.parts} reach past the cut at stage {cut}")
         self.register_buffer("mean", torch.tensor(preprocessing.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(preprocessing.std).view(1, 3, 1, 1))
 
@@ -68,4 +71,6 @@ class FeatureExtractor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         maps = self.net.forward_stages((x - self.mean) / self.std, self.cut)
+        if self.parts:
+            return torch.cat([grid_pool(maps[i], g) for i, g in self.parts], dim=1)
         return grid_pool(maps[-1], self.grid)

@@ -197,7 +197,9 @@ class AutoTransfer(BaseEstimator):
         if rank != 0:  # under torchrun, rank 0 alone exports and writes the run folder
             self.export_check_ = {}
             return self
-        composed = features.onnx_path() if strategy.kind != "images" else None
+        # the embedding graph joined to the head; a joined view (several outputs) is traced
+        joins = strategy.kind != "images" and not plan.parts
+        composed = features.onnx_path() if joins else None
         view = plan.view or plan.cut
         stored = features.rows(val[:16], view).dequantize().numpy() if composed else None
         output = f"stage{features.view_names.index(view)}" if composed else None
@@ -277,7 +279,7 @@ class AutoTransfer(BaseEstimator):
         train, val, test = parts
         prep = self.spec_.preprocessing
         cut = self.spec_.stage_index(self.plan_.cut)
-        extractor = FeatureExtractor(net, prep, cut, grid=self.plan_.grid)
+        extractor = FeatureExtractor(net, prep, cut, grid=self.plan_.grid, parts=self._parts())
         everything = train + val + test
         rows = features.rows(everything, self.plan_.view or self.plan_.cut)
         n_tr, n_va = len(train), len(val)
@@ -329,7 +331,7 @@ class AutoTransfer(BaseEstimator):
                 f"case {case}"
             )
         plan.case, plan.strategy = case, _FROZEN_BUILTINS[case - 1]
-        plan.cut, plan.grid, plan.view = chosen.stage, chosen.grid, chosen.name
+        self._set_view(plan, chosen)
         plan.candidates = table
         # The k-NN probes' cut point is a proxy; the measured choice replaces it.
         plan.reasons = [r for r in plan.reasons if not r.startswith("cut point:")] + [reason]
@@ -370,7 +372,7 @@ class AutoTransfer(BaseEstimator):
         with torch.no_grad():
             pred = fit.head(rows.dequantize()).argmax(1).numpy()
         plan.candidates = table
-        plan.cut, plan.grid, plan.view = chosen.stage, chosen.grid, chosen.name
+        self._set_view(plan, chosen)
         plan.reasons = [r for r in plan.reasons if not r.startswith("cut point:")]
         plan.reasons.append(f"warm start: {reason}")
         plan.warm_start = {"view": chosen.name, "val_acc": fit.val_acc, "C": fit.C}
@@ -390,7 +392,18 @@ class AutoTransfer(BaseEstimator):
             fit.val_acc,
             pred[n_tr : n_tr + n_va],
             pred[n_tr + n_va :],
+            chosen.parts,
         )
+
+    def _set_view(self, plan: Plan, view) -> None:
+        """The frozen head's input into the plan: the stage the backbone runs to, the grid,
+        the cache key, and a joined view's members."""
+        plan.cut, plan.grid, plan.view = view.stage, view.grid, view.name
+        plan.parts = [[self.spec_.stages[i].name, g] for i, g in view.parts]
+
+    def _parts(self) -> tuple[tuple[int, int], ...]:
+        """The plan's joined-view members as (stage index, grid) pairs; () for one stage."""
+        return tuple((self.spec_.stage_index(n), int(g)) for n, g in self.plan_.parts)
 
     def _warm_metrics(self, warm, val, test) -> dict:
         """The frozen choice the fine-tuning started from, scored like the kept model (so a

@@ -15,7 +15,7 @@ import torch
 from . import ops
 from .backbone import BackboneSpec, FeatureExtractor, file_sha256
 from .cache import FeatureStore, StoredRows
-from .candidates import frozen_views
+from .candidates import JOINER, frozen_views
 from .console import Console
 from .data import Sample
 from .decode import decoder_id, load_image
@@ -236,7 +236,14 @@ class FeatureCache:
         self.stats.not_stored += self._memory.put(digests, stages)
 
     def _get(self, stage: str, digests: list[str]) -> StoredRows:
-        """Rows from the store, or from memory for those the full cache could not keep."""
+        """Rows from the store, or from memory for those the full cache could not keep. A
+        joined view's name ("a+b") gives its members' rows side by side (float16)."""
+        members = stage.split(JOINER)
+        if len(members) > 1:
+            got = [self._get(m, digests) for m in members]
+            if all(r.scales is None for r in got):
+                return StoredRows(torch.cat([r.values for r in got], 1), None)
+            return StoredRows(torch.cat([r.dequantize().half() for r in got], 1), None)
         if self._memory is None or (not digests and self._store_ok):
             return self.store.get(self.space, stage, digests)
         if not digests:

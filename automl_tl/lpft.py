@@ -5,8 +5,8 @@
    then fine-tune) and replaces it only when it validates better by more than the noise.
 2. Before anything long starts, each candidate's wall time is estimated from throughput
    measured on this machine (a few real training steps each): fine-tuning the top k stages
-   on cached maps (`automl_tl.partial`, k = 1..3 stages below the cut), full fine-tuning on
-   images, and training from scratch.
+   on cached maps (`automl_tl.partial`, k = 1..3 stages below the lowest stage the frozen
+   head reads), full fine-tuning on images, and training from scratch.
 3. The candidate that trains the most stages while fitting `MIN_EPOCHS` epochs into what is
    left of the budget runs. Its first epoch is a trial: it goes on only when that epoch
    validates above the warm start by more than the paired noise; otherwise the frozen model
@@ -53,7 +53,7 @@ __all__ = [
 DEFAULT_TIME_BUDGET = 1200.0  # seconds, analysis to export, when --time-budget is not given
 MIN_EPOCHS = 2  # a candidate must fit this many epochs (the trial and one more)
 SCRATCH_EPOCHS = 30  # training from random weights needs many more epochs than fine-tuning
-PARTIAL_DEPTHS = (1, 2, 3)  # stages below the cut trained on cached maps
+PARTIAL_DEPTHS = (1, 2, 3)  # stages below the frozen head's lowest, trained on cached maps
 MAP_CAP_ENV = "AUTOML_TL_MAP_CACHE_GB"
 DEFAULT_MAP_CAP_GB = 4.0
 FULL_MEASURE_BATCH = 8
@@ -81,6 +81,20 @@ class WarmStart:
     val_acc: float
     val_pred: np.ndarray
     test_pred: np.ndarray | None = None
+    parts: tuple[tuple[int, int], ...] = ()  # a joined view's members; () for one stage
+
+    @property
+    def lowest(self) -> int:
+        """The lowest stage the head reads: fine-tuning from maps starts below it."""
+        return min(i for i, _ in self.parts) if self.parts else self.stage_index
+
+    def extractor(self, net, preprocessing) -> FeatureExtractor:
+        """`net` up to the frozen choice's stage(s), pooled as the head expects."""
+        return FeatureExtractor(net, preprocessing, self.stage_index, self.grid, parts=self.parts)
+
+    def top(self, spec, net, after: int):
+        """The stages above `after` and this head, trained from stage `after`'s cached maps."""
+        return top_model(spec, net, after, self.stage_index, self.grid, self.head, self.parts)
 
 
 @dataclass
@@ -105,8 +119,7 @@ def _full_rate(spec, net, warm: WarmStart) -> float:
     import copy
 
     model = ExportModel(
-        FeatureExtractor(copy.deepcopy(net), spec.preprocessing, warm.stage_index, warm.grid),
-        copy.deepcopy(warm.head),
+        warm.extractor(copy.deepcopy(net), spec.preprocessing), copy.deepcopy(warm.head)
     )
     size = spec.preprocessing.crop_size
     x = torch.rand(FULL_MEASURE_BATCH, 3, size, size)
@@ -181,12 +194,12 @@ def estimate_candidates(
                 }
             )
         for k in sorted(PARTIAL_DEPTHS, reverse=True):
-            after = cut - k
+            after = warm.lowest - k
             if after < 0 or not trains_from_maps(net):
                 bar.update()
                 continue
             view = map_view(spec, after)
-            top = top_model(spec, net, after, cut, warm.grid, warm.head)
+            top = warm.top(spec, net, after)
             top.trained_parameters(top.shape)
             rate = step_rate(top, top.shape)
             bar.update()
@@ -283,7 +296,7 @@ def _accept(acc: float, base: float, se: float, z: float) -> bool:
 def _frozen(task, history: list[dict], notes: list[str]) -> WarmResult:
     """The frozen choice as the kept model: the caller's network up to the cut, its head."""
     warm, prep = task.warm_start, task.backbone.preprocessing
-    model = ExportModel(FeatureExtractor(task.net, prep, warm.stage_index, warm.grid), warm.head)
+    model = ExportModel(warm.extractor(task.net, prep), warm.head)
     return WarmResult(model.eval(), 0, history, notes, "frozen", (warm.val_pred, warm.test_pred))
 
 
@@ -413,7 +426,7 @@ def _run_partial(task, choice: dict) -> WarmResult:
     rows_train, rows_val, rows_test = task.map_rows(after)
     y_train = np.array([y for _, y in task.train_items])
     y_val = np.array([y for _, y in task.val_items])
-    top = top_model(spec, task.net, after, warm.stage_index, warm.grid, warm.head)
+    top = warm.top(spec, task.net, after)
     epochs = choice["epochs"]
     if task.deadline is not None:
         left = task.deadline - time.monotonic()
@@ -436,9 +449,7 @@ def _run_partial(task, choice: dict) -> WarmResult:
     )
     if res.best_epoch == 0:
         return _frozen(task, res.history, res.notes)
-    model = ExportModel(
-        FeatureExtractor(top.net, prep, warm.stage_index, warm.grid), top.head
-    ).eval()
+    model = ExportModel(warm.extractor(top.net, prep), top.head).eval()
     test_pred = predict_maps(top, rows_test) if rows_test is not None else None
     notes = [f"fine-tuned {choice['stages']} from the frozen head"] + res.notes
     preds = (res.val_pred, test_pred)
@@ -455,9 +466,7 @@ def _run_full(task, choice: dict) -> WarmResult:
     warm, console = task.warm_start, task.console
     prep = task.backbone.preprocessing
     net = copy.deepcopy(task.net)
-    model = ExportModel(
-        FeatureExtractor(net, prep, warm.stage_index, warm.grid), copy.deepcopy(warm.head)
-    )
+    model = ExportModel(warm.extractor(net, prep), copy.deepcopy(warm.head))
     # LP-FT: the head is warm, so it learns at the backbone's rate, not 10x it, and the
     # BatchNorm statistics it was fitted with stay as they are
     config = dataclasses.replace(

@@ -170,10 +170,13 @@ class Plan:
     reasons: list[str] = field(default_factory=list)
     profile: dict = field(default_factory=dict)
     expected_accuracy: dict = field(default_factory=dict)
-    # The frozen head's input: `cut` pooled to grid x grid (`view` is its feature-cache key),
+    # The frozen head's input: `cut` pooled to grid x grid (`view` is its feature-cache key; grid
+    # 0 when it is a joined view),
     # and every candidate view measured on the validation split (automl_tl.candidates).
     grid: int = 1
     view: str = ""
+    # A joined view (several stages side by side): its members' [stage, grid] pairs.
+    parts: list = field(default_factory=list)
     candidates: list[dict] = field(default_factory=list)
     # Fine-tuning cases: the frozen choice they start from, the budget, each candidate's
     # measured estimate (automl_tl.lpft) and which candidate the kept model is.

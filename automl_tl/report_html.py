@@ -165,7 +165,8 @@ def _header(data: dict, plan: dict, metrics: dict) -> str:
         f"data <b>{_e(data.get('data_path', '–'))}</b>",
         f"backbone <b>{_e(data.get('backbone') or plan.get('backbone', '–'))}</b>",
         f"strategy <b>{_e(plan.get('strategy', '–'))}</b>, cut <b>{_e(plan.get('cut', '–'))}</b>"
-        + (f" pooled {_e(plan['grid'])}×{_e(plan['grid'])}" if _grid(plan) > 1 else ""),
+        + (f" pooled {_e(plan['grid'])}×{_e(plan['grid'])}" if _grid(plan) > 1 else "")
+        + (f", head on <b>{_e(plan.get('view'))}</b> side by side" if plan.get("parts") else ""),
         _best(metrics),
     ] + ([f"created {_e(data['created'])}"] if data.get("created") else [])
     extra = ""
@@ -344,7 +345,7 @@ def _candidates(plan: dict) -> str:
     rows = [
         [
             _e(c.get("view")) + (" ◀ chosen" if c.get("view") == chosen else ""),
-            _e(f"{c.get('grid')}×{c.get('grid')}"),
+            _e(f"{c.get('grid')}×{c.get('grid')}" if c.get("grid") else "joined"),
             _e(c.get("width")),
             _bar(c.get("val_acc")) + _num(c.get("val_acc"), ".4f"),
             _num(c.get("val_loss"), ".4f"),
@@ -355,7 +356,10 @@ def _candidates(plan: dict) -> str:
     ]
     head = ["view", "grid", "features", "validation accuracy", "loss", "C", "training rows"]
     mark = next((i for i, c in enumerate(cands) if c.get("view") == chosen), -1)
-    title = "<h3>Frozen heads measured (one per stage and pooling grid)</h3>"
+    title = (
+        "<h3>Frozen heads measured (one per stage and pooling grid, and the leading stages "
+        "joined)</h3>"
+    )
     return title + _table(head, rows, numeric=(2, 3, 4, 5, 6), mark=mark)
 
 

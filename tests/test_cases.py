@@ -97,16 +97,28 @@ def test_case2_cuts_the_backbone_at_the_planned_stage(case1, case2):
     cut = plan["cut"]
     assert cut == model.plan_.cut and cut != spec.stages[-1].name
     grid, view = plan["grid"], plan["view"]
-    assert view == (cut if grid == 1 else f"{cut}@{grid}x{grid}")
     assert f"frozen head: '{view}'" in "\n".join(plan["reasons"])
-    # --case 2: every view but the last stage pooled was measured, the best one kept
+    # --case 2: every view but the last stage pooled was measured, then the leaders of three
+    # stages joined; the best one kept
     tried = {c["view"]: c for c in plan["candidates"]}
-    assert len(tried) == len(frozen_views(spec)) - 1 and spec.stages[-1].name not in tried
+    singles = [v.name for v in frozen_views(spec) if v.name != spec.stages[-1].name]
+    joined = plan["candidates"][-1]
+    assert list(tried) == singles + [joined["view"]] and joined["grid"] == 0
+    members = joined["view"].split("+")
+    assert len(members) == 3 and len({m.split("@")[0] for m in members}) == 3
     best = max(tried.values(), key=lambda c: (c["val_acc"], -c["val_loss"]))
     assert tried[view] == best
     assert model.model_.extractor.cut == spec.stage_index(cut)
     assert model.model_.extractor.grid == grid
-    width = spec.stages[spec.stage_index(cut)].width * grid * grid
+    if grid:  # one stage pooled to a grid
+        assert view == (cut if grid == 1 else f"{cut}@{grid}x{grid}") and not plan["parts"]
+        width = spec.stages[spec.stage_index(cut)].width * grid * grid
+    else:  # a joined view: its members side by side, the deepest is the cut
+        assert view == joined["view"] and cut == plan["parts"][-1][0]
+        assert model.model_.extractor.parts == tuple(
+            (spec.stage_index(n), g) for n, g in plan["parts"]
+        )
+        width = sum(tried[m]["width"] for m in members)
     assert model.model_.head.fc.in_features == width == tried[view]["width"]
     proto = onnx.load(str(model.onnx_path_))
     meta = {p.key: p.value for p in proto.metadata_props}

@@ -28,8 +28,10 @@ def test_run_folder_contents(fitted):
         assert (fitted.run_dir_ / name).is_file(), name
     plan = json.loads((fitted.run_dir_ / "plan.json").read_text())
     assert plan["backbone"] == "efficientnet_lite0" and plan["reasons"]
-    # small data: a frozen head, on the view measured best (case 1 = the last stage pooled)
-    assert plan["profile"]["size"] == "small" and len(plan["candidates"]) == 23
+    # small data: a frozen head, on the view measured best (case 1 = the last stage pooled):
+    # 23 single views of EfficientNet-Lite0, then the leaders of three stages joined
+    assert plan["profile"]["size"] == "small" and len(plan["candidates"]) == 23 + 1
+    assert plan["candidates"][-1]["view"].count("+") == 2
     assert plan["case"] == (1 if plan["view"] == "head" else 2)
     ruled = {"similar": 1, "different": 2}[plan["profile"]["similar"]]
     overridden = f"overrides the size/similarity rule: case {ruled} -> case {plan['case']}"

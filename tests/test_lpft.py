@@ -14,6 +14,7 @@ import torch
 
 from automl_tl import AutoTransfer
 from automl_tl.data import audit, scan, split
+from automl_tl.errors import AutoTLError
 from automl_tl.features import FeatureCache
 from automl_tl.logreg import fit_logreg
 from automl_tl.partial import (
@@ -45,8 +46,14 @@ def digits(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def warm(digits, tmp_path_factory):
-    """Frozen block4@2x2 head on real digits, and block3's cached maps (stage 4 of 9)."""
+def warm(warm_setup):
+    return warm_setup[0]
+
+
+@pytest.fixture(scope="module")
+def warm_setup(digits, tmp_path_factory):
+    """Frozen block4@2x2 head on real digits, and block3's cached maps (stage 4 of 9); then
+    the cache folder and the (train, val) samples."""
     spec = get_plugins().backbone("efficientnet_lite0")
     net = spec.build()
     cache = tmp_path_factory.mktemp("cache")
@@ -62,7 +69,7 @@ def warm(digits, tmp_path_factory):
     maps = FeatureCache(spec, net, cache, views=[mv])
     rows = maps.rows(train, mv.name), maps.rows(val, mv.name)
     view_val = features.rows(val, view.name).dequantize()
-    return spec, net, view, fit, after, rows, (yt, yv), view_val
+    return (spec, net, view, fit, after, rows, (yt, yv), view_val), cache, (train, val)
 
 
 def test_epoch_zero_is_the_frozen_head_exactly(warm):
@@ -75,6 +82,25 @@ def test_epoch_zero_is_the_frozen_head_exactly(warm):
         frozen = fit.head(view_val).argmax(1).numpy()
     np.testing.assert_array_equal(predict_maps(top, rv), frozen)
     assert float(np.mean(frozen == yv)) == pytest.approx(fit.val_acc)
+
+
+def test_epoch_zero_of_a_joined_head_is_the_frozen_head_exactly(warm_setup):
+    """A head on block4@2x2 and block5 side by side, trained from block3's maps: each member
+    pooled from the recomputed stages gives the frozen head's predictions."""
+    from automl_tl.candidates import joined_view
+
+    (spec, net, _, _, after, (_, rv), (yt, yv), _), cache, (train, val) = warm_setup
+    features = FeatureCache(spec, net, cache)
+    by_name = {v.name: v for v in features.views}
+    j = joined_view([by_name["block4@2x2"], by_name["block5"]])
+    assert j.parts == ((5, 2), (6, 1)) and after == 4
+    fit = fit_logreg(features.rows(train, j.name), yt, features.rows(val, j.name), yv, 3)
+    top = top_model(spec, net, after, j.stage_index, j.grid, fit.head, j.parts)
+    with torch.no_grad():
+        frozen = fit.head(features.rows(val, j.name).dequantize()).argmax(1).numpy()
+    np.testing.assert_array_equal(predict_maps(top, rv), frozen)
+    with pytest.raises(AutoTLError, match="joined view"):
+        top_model(spec, net, 5, j.stage_index, j.grid, fit.head, j.parts)
 
 
 def test_an_epoch_that_does_not_beat_the_noise_leaves_the_warm_start(warm):
@@ -155,7 +181,13 @@ def test_partial_fit_records_estimates_budget_and_outcome(digits, tmp_path):
     model = _fit(digits, tmp_path / "run", tmp_path / "cache", finetune="partial")
     plan = json.loads((model.run_dir_ / "plan.json").read_text())
     kinds = [e["kind"] for e in plan["estimates"]]
-    assert kinds == ["full", "partial", "partial", "partial", "frozen"]
+    # partial k = 3, 2, 1 from the maps of k stages below the lowest stage the head reads
+    spec = model.spec_
+    lowest = min(spec.stage_index(n) for n, _ in plan["parts"] or [[plan["cut"], 0]])
+    afters = [lowest - k for k in (3, 2, 1) if lowest - k >= 0]
+    assert afters, plan["view"]
+    assert kinds == ["full"] + ["partial"] * len(afters) + ["frozen"]
+    assert [e["after"] for e in plan["estimates"] if e["kind"] == "partial"] == afters
     assert all(e["seconds"] >= 0 and "basis" in e["expected"] for e in plan["estimates"])
     assert plan["time_budget"]["seconds"] == 1200
     assert any(r.startswith("time budget: 1200s (default") for r in plan["reasons"])
