@@ -82,9 +82,9 @@ def run(name: str, data: Path, cache: Path, seed: int, console: Console) -> dict
     # every single view, then the joined candidate the choice measured (the leaders of three
     # stages side by side; its rows are its members' cached rows)
     names = [v.name for v in features.views] + [c["view"] for c in table if "+" in c["view"]]
-    for name in names:
-        res = fit_logreg(r_tr(name), y_tr, r_va(name), y_va, len(classes))
-        scores[name] = (_accuracy(res.head, r_sc(name), y_sc), res.val_acc)
+    for view in names:
+        res = fit_logreg(r_tr(view), y_tr, r_va(view), y_va, len(classes))
+        scores[view] = (_accuracy(res.head, r_sc(view), y_sc), res.val_acc)
     best = max(scores, key=lambda n: scores[n][0])
     single = max((n for n in scores if "+" not in n), key=lambda n: scores[n][0])
     px = fit_logreg(_raw_pixels(train), y_tr, _raw_pixels(val), y_va, len(classes))
