@@ -621,6 +621,7 @@ class AutoTransfer(BaseEstimator):
             "case": self.plan_.case,
             "cut": self.plan_.cut,
             "grid": self.plan_.grid,
+            "view": self.plan_.view or self.plan_.cut,
         }
 
     def _export(
