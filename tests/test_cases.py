@@ -178,7 +178,9 @@ def test_case3_finetunes_from_pretrained_weights(case3):
     metrics = read_json(model.run_dir_ / "metrics.json")
     assert plan["case"] == 3 and plan["strategy"] == "finetune"
     # warm start: the frozen choice's view, its head and its validation accuracy
-    assert plan["cut"] == plan["warm_start"]["view"].split("@")[0] == plan["view"].split("@")[0]
+    assert plan["warm_start"]["view"] == plan["view"]
+    # the cut is the stage the view reads (a joined view: its deepest member, named last)
+    assert plan["cut"] == plan["view"].split("+")[-1].split("@")[0]
     assert model.model_.extractor.grid == plan["grid"]
     ck = model.run_dir_ / "checkpoints" / "pretrained" / CHECKPOINT_NAME
     assert ck.is_file() and load_checkpoint(ck)["epoch"] == 1

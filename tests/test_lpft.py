@@ -103,6 +103,28 @@ def test_epoch_zero_of_a_joined_head_is_the_frozen_head_exactly(warm_setup):
         top_model(spec, net, 5, j.stage_index, j.grid, fit.head, j.parts)
 
 
+def test_warm_started_full_finetuning_keeps_the_objective_its_head_was_fitted_on(warm):
+    """LP-FT trains the head it starts from on plain cross-entropy (its logreg objective), on
+    evaluation crops, at the backbone's rate with BatchNorm statistics frozen; under the
+    default label smoothing the warm head's own loss would be far from its optimum."""
+    from automl_tl.finetune import FinetuneConfig
+    from automl_tl.lpft import warm_config
+
+    base = FinetuneConfig()
+    c = warm_config(base)
+    assert (c.label_smoothing, c.freeze_batchnorm, c.augment) == (0.0, True, False)
+    assert c.lr_head == c.lr_backbone == base.lr_backbone == 1e-4
+    assert (base.label_smoothing, base.augment) == (0.1, True)  # a fresh head's defaults
+    # the frozen head on real validation rows: far lower loss without smoothing
+    _, _, _, fit, _, _, (_, yv), view_val = warm
+    with torch.no_grad():
+        logits = fit.head(view_val)
+    y = torch.as_tensor(yv)
+    plain = float(torch.nn.functional.cross_entropy(logits, y, label_smoothing=c.label_smoothing))
+    smoothed = float(torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.1))
+    assert plain == pytest.approx(fit.val_loss, rel=1e-4) and plain < smoothed
+
+
 def test_an_epoch_that_does_not_beat_the_noise_leaves_the_warm_start(warm):
     spec, net, view, fit, after, (rt, rv), (yt, yv), _ = warm
     top = top_model(spec, net, after, view.stage_index, view.grid, fit.head)
