@@ -7,8 +7,9 @@ folder, test/ kept apart), the view the fit chooses (automl_tl.candidates.choose
 validation split), then a head for EVERY view (stage x pooling grid, and the joined view of
 the leading stages; C chosen on validation) scored on the test split, or on validation where
 the dataset has no test split. Printed per dataset: the chosen view and its score, the best
-view on the scoring split (the oracle) and the gap, the best single-stage view; also the last stage globally pooled (case 1), and baselines: the k-NN probes' cut
-(the old rule) and logistic regression on raw pixels (images resized to 16x16, grey).
+view on the scoring split (the oracle) and the gap, the best single-stage view; also the
+last stage globally pooled (case 1), and a baseline: logistic regression on raw pixels
+(images resized to 16x16, grey).
 Nothing here chooses on the test split: the oracle column is what a chooser that could see the
 test labels would get, the ceiling the real choice is measured against.
 """
