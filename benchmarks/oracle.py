@@ -161,7 +161,8 @@ def regret_lines(rows: dict[int, dict], auto: int) -> list[str]:
         for key, split in (("val_acc", "validation_accuracy"), ("test_acc", "test_accuracy")):
             if r[key] is None or split not in warm:
                 continue
-            diff = r[key] - warm[split]
+            # metrics.json keeps the warm start's accuracy to 4 decimals: compare at that
+            diff = round(r[key], 4) - warm[split]
             verdict = "at or above" if diff >= 0 else "BELOW"
             out.append(
                 f"case {c} ({warm['kept']} kept) on {split.split('_')[0]}: {r[key]:.3f} vs the "
