@@ -94,12 +94,12 @@ def view_named(name: str, views: dict[str, View]) -> View | None:
 
 
 def _leaders_to_join(ranked: list, views: dict[str, View]) -> list[View]:
-    """The best view of each of the `JOIN_MAX` best stages (in `ranked` order), as wide as
-    `JOIN_WIDTH` allows; fewer than two means no joined candidate."""
+    """The best view of each of the `JOIN_MAX` best stages (in `ranked` order, single views
+    only), as wide as `JOIN_WIDTH` allows; fewer than two means no joined candidate."""
     chosen: list[View] = []
     for c in ranked:
         v = views[c.view]
-        if v.parts or any(m.stage_index == v.stage_index for m in chosen):
+        if any(m.stage_index == v.stage_index for m in chosen):
             continue
         if sum(m.width for m in chosen) + v.width > JOIN_WIDTH:
             continue
@@ -326,8 +326,8 @@ def choose_view(
         digest_size=16,
     ).hexdigest()
     known = features.memo.get(_MEMO_NAMESPACE, key)
-    if isinstance(known, dict) and view_named(str(known.get("view")), views) is not None:
-        view = view_named(known["view"], views)
+    view = view_named(str(known.get("view")), views) if isinstance(known, dict) else None
+    if view is not None:
         return view, known["candidates"], known["reason"], known["se"]
     train_rows, val_rows = features.view_rows(train), features.view_rows(val)
     n_classes = int(max(np.max(y_train), np.max(y_val))) + 1
