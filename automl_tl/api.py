@@ -69,6 +69,10 @@ class AutoTransfer(BaseEstimator):
             stages within the budget), "partial" (top stages on cached maps) or "full".
         max_analysis_images: images embedded for the profile (a stratified subset).
         finetune_epochs: epochs of the fine-tuning cases (3, 4).
+        input_size: the input crop of fine-tuning on images (full, from scratch): "auto"
+            (smaller than the backbone's own when the images are far smaller than it, e.g.
+            128 for 28x28 digits; imagedata.choose_input), "backbone" or a multiple of 32.
+            Frozen heads and partial fine-tuning stay at the backbone's own size.
         resume: continue an interrupted fine-tuning run in the same `out` folder.
         overwrite: replace a finished run already in `out` (by default it is kept: error).
         val_fraction: share of each class held out for validation when the data has no val/.
@@ -97,6 +101,7 @@ class AutoTransfer(BaseEstimator):
         max_analysis_images: int = 2000,
         finetune_epochs: int = 10,
         finetune: str = "auto",
+        input_size: str | int = "auto",
         resume: bool = False,
         overwrite: bool = False,
         val_fraction: float = 0.2,
@@ -125,6 +130,7 @@ class AutoTransfer(BaseEstimator):
         self.max_analysis_images = max_analysis_images
         self.finetune_epochs = finetune_epochs
         self.finetune = finetune
+        self.input_size = input_size
         self.resume = resume
         self.overwrite = overwrite
         self.val_fraction = val_fraction
@@ -176,12 +182,15 @@ class AutoTransfer(BaseEstimator):
         parts = (train, val, test)
         if strategy.kind == "images":
             warm = self._warm_start(plan, features, parts, console)
+            tuning = self._tuning_input(plan, train)
             deadline = self._deadline(plan, t0)
-            estimates = self._estimates(plan, net, features, warm, analysis, parts, deadline)
+            estimates = self._estimates(
+                plan, net, features, warm, analysis, parts, deadline, tuning
+            )
         for reason in plan.reasons:
             console.note(f"plan: {reason}")
         if strategy.kind == "images":
-            context = (net, features, warm, estimates, deadline)
+            context = (net, features, warm, estimates, deadline, tuning)
             result, preds = self._fit_images(strategy, parts, run, console, context)
         else:
             result, preds = self._fit_features(strategy, net, features, parts, console)
@@ -350,8 +359,6 @@ class AutoTransfer(BaseEstimator):
         cached view measured on validation (as cases 1/2 choose), then its logistic regression
         and its predictions; recorded in the plan."""
         from .candidates import choose_view, standard_error
-        from .logreg import fit_logreg
-        from .lpft import WarmStart
 
         train, val, test = parts
         last = self.spec_.stages[-1].name
@@ -359,41 +366,88 @@ class AutoTransfer(BaseEstimator):
         chosen, table, reason, _ = choose_view(
             features, train, val, y_train, y_val, last, self.seed, console
         )
-        rows = features.rows(train + val + test, chosen.name)
+        warm, C = self._logreg_warm(features, chosen, parts, console)
+        plan.candidates = table
+        self._set_view(plan, chosen)
+        plan.reasons = [r for r in plan.reasons if not r.startswith("cut point:")]
+        plan.reasons.append(f"warm start: {reason}")
+        plan.warm_start = {"view": chosen.name, "val_acc": warm.val_acc, "C": C}
+        low = warm.val_acc - 1.96 * standard_error(warm.val_acc, len(val))
+        plan.expected_accuracy = {
+            "low": round(max(0.0, low), 4),
+            "high": 1.0,
+            "probe_accuracy": round(warm.val_acc, 4),
+            "basis": f"the frozen choice's validation accuracy on {len(val)} images (95% "
+            "interval below it): fine-tuning starts from it and replaces it only when it "
+            "validates better",
+        }
+        return warm
+
+    def _logreg_warm(self, features: FeatureCache, view, parts, console):
+        """(WarmStart, C): the logistic regression on `view`'s cached rows, fitted on train,
+        C chosen on validation, with its validation and test predictions."""
+        from .logreg import fit_logreg
+        from .lpft import WarmStart
+
+        train, val, test = parts
+        rows = features.rows(train + val + test, view.name)
         n_tr, n_va = len(train), len(val)
         fit = fit_logreg(
             rows.subset(np.arange(n_tr)),
-            y_train,
+            self._labels(train),
             rows.subset(np.arange(n_tr, n_tr + n_va)),
-            y_val,
+            self._labels(val),
             len(self.classes_),
             console=console,
         )
         with torch.no_grad():
             pred = fit.head(rows.dequantize()).argmax(1).numpy()
-        plan.candidates = table
-        self._set_view(plan, chosen)
-        plan.reasons = [r for r in plan.reasons if not r.startswith("cut point:")]
-        plan.reasons.append(f"warm start: {reason}")
-        plan.warm_start = {"view": chosen.name, "val_acc": fit.val_acc, "C": fit.C}
-        low = fit.val_acc - 1.96 * standard_error(fit.val_acc, n_va)
-        plan.expected_accuracy = {
-            "low": round(max(0.0, low), 4),
-            "high": 1.0,
-            "probe_accuracy": round(fit.val_acc, 4),
-            "basis": f"the frozen choice's validation accuracy on {n_va} images (95% interval "
-            "below it): fine-tuning starts from it and replaces it only when it validates better",
-        }
-        return WarmStart(
+        warm = WarmStart(
             fit.head.eval(),
-            chosen.name,
-            chosen.stage_index,
-            chosen.grid,
+            view.name,
+            view.stage_index,
+            view.grid,
             fit.val_acc,
             pred[n_tr : n_tr + n_va],
             pred[n_tr + n_va :],
-            chosen.parts,
+            view.parts,
         )
+        return warm, fit.C
+
+    def _tuning_input(self, plan: Plan, train):
+        """The preprocessing of fine-tuning on images (`input_size`): smaller than the
+        backbone's own for images far smaller than it. Frozen heads stay at the backbone's
+        own, where their features measured better (docs/finetuning.md)."""
+        from .imagedata import choose_input
+
+        own = self.spec_.preprocessing
+        prep, reason = choose_input(own, self.input_size, [s.path for s in train], self.seed)
+        if reason:
+            plan.reasons.append(
+                f"fine-tuning {reason}; the frozen choice stays at {own.crop_size}x"
+                f"{own.crop_size}, where frozen features measured better"
+            )
+        return prep
+
+    def _rewarm(self, net, parts, console):
+        """prep -> the warm start refitted on features at input `prep` (the frozen choice's
+        view, embedded at that size for train and validation), or None when the view has no
+        equal at that size (its grid is larger than the stage's map there)."""
+        from .candidates import JOINER, frozen_views, view_named
+
+        train, val, _ = parts
+
+        def rewarm(prep, view_name: str):
+            spec = dataclasses.replace(self.spec_, preprocessing=prep)
+            views = {v.name: v for v in frozen_views(spec)}
+            view = view_named(view_name, views)
+            if view is None:
+                return None
+            members = [views[name] for name in view_name.split(JOINER)]
+            cache = self._features(spec, net, console, views=members)
+            return self._logreg_warm(cache, view, (train, val, []), console)[0]
+
+        return rewarm
 
     def _set_view(self, plan: Plan, view) -> None:
         """The frozen head's input into the plan: the stage the backbone runs to, the grid,
@@ -431,7 +485,9 @@ class AutoTransfer(BaseEstimator):
         )
         return time.monotonic() + budget - spent - reserve
 
-    def _estimates(self, plan, net, features, warm, analysis, parts, deadline) -> list[dict]:
+    def _estimates(
+        self, plan, net, features, warm, analysis, parts, deadline, tuning
+    ) -> list[dict]:
         """Measured wall-time estimates of the fine-tuning candidates, before any runs."""
         from .lpft import describe, estimate_candidates
 
@@ -462,6 +518,7 @@ class AutoTransfer(BaseEstimator):
             scratch=plan.case == 4,
             console=console,
             maps_missing=missing,
+            full_preprocessing=tuning,
         )
         plan.estimates = estimates
         plan.reasons.extend(describe(estimates))
@@ -494,7 +551,7 @@ class AutoTransfer(BaseEstimator):
         folder, warm-started from the frozen choice."""
         from .finetune import FinetuneConfig
 
-        net, features, warm, estimates, deadline = context
+        net, features, warm, estimates, deadline, tuning = context
         train, val, test = parts
         if not self.resume and run.file("checkpoints").is_dir():
             console.note(
@@ -525,8 +582,15 @@ class AutoTransfer(BaseEstimator):
             deadline=deadline,
             mode=self.finetune,
             seed=self.seed,
+            input_preprocessing=tuning,
+            rewarm=self._rewarm(net, parts, console),
         )
         result = strategy.fit(task)
+        prep = getattr(result, "preprocessing", None)
+        if prep is not None and prep != self.spec_.preprocessing:
+            # the kept model was trained at the smaller input: it is evaluated and exported so
+            self.spec_ = dataclasses.replace(self.spec_, preprocessing=prep)
+            self.plan_.input_size = prep.crop_size
         for note in getattr(result, "notes", []):
             console.note(f"train: {note}")
         self.model_ = result.model.eval()
@@ -583,7 +647,9 @@ class AutoTransfer(BaseEstimator):
         # Fine-tuning costs about 3 forward passes (forward + backward) per image and epoch.
         # No demotion on a coarse guess here: the fine-tuning strategies measure what each
         # candidate costs on this machine and keep the frozen choice when nothing fits.
-        return make_plan(profile, spec, self._head_config(), plugins, self.case, self.strategy)
+        plan = make_plan(profile, spec, self._head_config(), plugins, self.case, self.strategy)
+        plan.input_size = spec.preprocessing.crop_size
+        return plan
 
     def _metrics(self, result, preds, parts, seconds) -> dict:
         train, val, test = parts

@@ -79,6 +79,13 @@ def _fit_options(func):
             help="Cases 3/4: top stages on cached maps (partial), the whole network (full), "
             "or what trains the most within the budget (auto, with a trial epoch).",
         ),
+        click.option(
+            "--input-size",
+            default="auto",
+            show_default=True,
+            help="Input crop of the whole run: auto (smaller for images far smaller than the "
+            "backbone's input), backbone, or a multiple of 32.",
+        ),
         click.option("--resume", is_flag=True, help="Continue an interrupted run in --out."),
         click.option(
             "--overwrite", is_flag=True, help="Replace a finished run in --out (kept otherwise)."
@@ -206,6 +213,7 @@ def demo(folder, verbose, **kwargs):
 @click.option("--case", type=int, help="Force a case (1-4).")
 @click.option("--time-budget", type=float, help="Seconds for a fit (default 1200).")
 @click.option("--max-analysis-images", default=2000, show_default=True)
+@click.option("--input-size", default="auto", show_default=True, help="See fit --help.")
 @click.option("--val-fraction", default=0.2, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the profile and plan as JSON.")

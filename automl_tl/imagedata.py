@@ -43,6 +43,7 @@ __all__ = [
     "memory_cap",
     "tensor_train_transform",
     "train_transform",
+    "choose_input",
     "training_preprocessing",
 ]
 
@@ -296,6 +297,57 @@ def training_preprocessing(
         return prep
     resize = round(crop * prep.resize_size / prep.crop_size)
     return dataclasses.replace(prep, crop_size=crop, resize_size=resize)
+
+
+# Training images whose headers are read to choose the input size (a random sample).
+SIZE_SAMPLE = 256
+
+
+def choose_input(
+    prep: Preprocessing, setting: str | int, paths: Sequence, seed: int = 0
+) -> tuple[Preprocessing, str | None]:
+    """(the preprocessing a run uses, the reason when it is not the backbone's own).
+
+    `setting`: "auto" sizes the input from the median shorter side of up to SIZE_SAMPLE
+    training images (`training_preprocessing`; headers only, no decoding), "backbone" keeps
+    the backbone's own, and an integer is the crop size itself (a multiple of 32, 32 to the
+    backbone's own)."""
+    own = prep.crop_size
+    if setting == "backbone":
+        return prep, None
+    if setting != "auto":
+        try:
+            crop = int(setting)
+        except (TypeError, ValueError):
+            crop = -1
+        if crop < 32 or crop > own or crop % 32:
+            raise AutoTLError(
+                f"input size {setting!r} is not usable; pass auto, backbone or a multiple of "
+                f"32 from 32 to {own} (this backbone's own input)"
+            )
+        if crop == own:
+            return prep, None
+        resize = round(crop * prep.resize_size / own)
+        chosen = dataclasses.replace(prep, crop_size=crop, resize_size=resize)
+        return chosen, f"input size: {crop}x{crop} as given (the backbone's own is {own})"
+    order = np.random.default_rng(seed).permutation(len(paths))[:SIZE_SAMPLE]
+    sizes = []
+    for i in order:
+        try:
+            with Image.open(paths[i]) as img:
+                sizes.append(img.size)
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue  # the audit already reported it; the size comes from the others
+    chosen = training_preprocessing(prep, sizes)
+    if chosen.crop_size == own:
+        return prep, None
+    side = median(min(w, h) for w, h in sizes)
+    return chosen, (
+        f"input size: {chosen.crop_size}x{chosen.crop_size}, not the backbone's {own}x{own}: "
+        f"the training images' median shorter side is {side:g} px (of {len(sizes)} read), "
+        "and upscaling them further adds pixels without detail at several times the cost "
+        "(--input-size backbone keeps the backbone's own)"
+    )
 
 
 @contextmanager

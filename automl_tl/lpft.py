@@ -109,20 +109,21 @@ class WarmResult:
     notes: list[str] = field(default_factory=list)
     kept: str = "frozen"
     predictions: tuple | None = None  # (validation, test) predicted classes, when known
+    # The input the model was trained at when it is not the backbone's own (full fine-tuning
+    # of small images, imagedata.choose_input): evaluation and export use it.
+    preprocessing: object = None
 
 
 def _row_bytes(width: int, dtype: str) -> int:
     return width * (1 if dtype == "int8" else 2) + (4 if dtype == "int8" else 0)
 
 
-def _full_rate(spec, net, warm: WarmStart) -> float:
-    """Measured training images per second of the whole network at the input size."""
+def _full_rate(net, warm: WarmStart, prep) -> float:
+    """Measured training images per second of the whole network at input `prep`."""
     import copy
 
-    model = ExportModel(
-        warm.extractor(copy.deepcopy(net), spec.preprocessing), copy.deepcopy(warm.head)
-    )
-    size = spec.preprocessing.crop_size
+    model = ExportModel(warm.extractor(copy.deepcopy(net), prep), copy.deepcopy(warm.head))
+    size = prep.crop_size
     x = torch.rand(FULL_MEASURE_BATCH, 3, size, size)
     model.train()
     times = []
@@ -148,6 +149,7 @@ def estimate_candidates(
     scratch: bool = False,
     console: Console | None = None,
     maps_missing=None,
+    full_preprocessing=None,
 ) -> list[dict]:
     """Each candidate's estimated wall time on this machine, from measured throughput, its
     expected accuracy with the basis, and whether it fits `remaining` seconds; in order of
@@ -155,8 +157,14 @@ def estimate_candidates(
 
     `embed_rate` is images/s of the frozen graph (this run's embedding, when it computed
     any); `maps_missing(after)`, when given, counts the images whose maps of stage `after`
-    are not cached yet (only those are embedded)."""
+    are not cached yet (only those are embedded). `full_preprocessing` is the input of
+    full fine-tuning and training from scratch when it is smaller than the backbone's own:
+    their rate is measured at it, and full fine-tuning first refits the warm start on the
+    view embedded at that size (setup: the frozen graph's rate scaled by the pixel ratio)."""
     console = console or Console(quiet=True)
+    own = spec.preprocessing
+    small = full_preprocessing or own
+    resized = small.crop_size != own.crop_size
     cut, out = warm.stage_index, []
     band = 1.96 * standard_error(warm.val_acc, n_val)
     frozen_low = round(max(0.0, warm.val_acc - band), 4)
@@ -167,24 +175,30 @@ def estimate_candidates(
         "least the frozen choice's band",
     }
     with console.progress("measure", 1 + len(PARTIAL_DEPTHS), unit="candidate") as bar:
-        per_image = 1.0 / _full_rate(spec, net, warm)
+        per_image = 1.0 / _full_rate(net, warm, small)
         bar.update()
         # forward + backward per training image, forward alone (a third) per validation image
         full_epoch = per_image * (n_train + n_val / 3)
+        # the warm start refitted at the smaller input: train and validation embedded again
+        pixels = (own.crop_size / small.crop_size) ** 2
+        rewarm = (n_train + n_val) / max(embed_rate * pixels, 1e-9) if resized else 0.0
         for kind, n_epochs in (("full", full_epochs), ("scratch", SCRATCH_EPOCHS)):
             if kind == "scratch" and not scratch:
                 continue
-            seconds = n_epochs * full_epoch
+            setup = rewarm if kind == "full" else 0.0
+            seconds = setup + n_epochs * full_epoch
+            at = f" at {small.crop_size}x{small.crop_size}" if resized else ""
             out.append(
                 {
                     "candidate": kind,
                     "kind": kind,
-                    "stages": f"{spec.stages[0].name}..{spec.stages[cut].name}",
+                    "stages": f"{spec.stages[0].name}..{spec.stages[cut].name}{at}",
                     "seconds_per_epoch": round(full_epoch, 1),
-                    "setup_seconds": 0.0,
+                    "setup_seconds": round(setup, 1),
                     "epochs": n_epochs,
                     "seconds": round(seconds, 1),
-                    "fits": MIN_EPOCHS * full_epoch <= remaining,
+                    "input_size": small.crop_size,
+                    "fits": setup + MIN_EPOCHS * full_epoch <= remaining,
                     "expected": at_least
                     if kind == "full"
                     else {
@@ -261,7 +275,8 @@ def describe(estimates: list[dict]) -> list[str]:
             per = e["seconds_per_epoch"]
             each = f"{per:.1f}s" if per < 10 else _clock(per)
             cost = f"~{_clock(e['seconds'])} ({e['epochs']} epochs x {each}"
-            cost += f" + {e['setup_seconds']:.0f}s caching maps)" if e.get("setup_seconds") else ")"
+            setup = "caching maps" if e["kind"] == "partial" else "refitting the warm start"
+            cost += f" + {e['setup_seconds']:.0f}s {setup})" if e.get("setup_seconds") else ")"
         fits = ""
         if not e["fits"]:
             fits = " - does not fit" + (f": {e['why_not']}" if "why_not" in e else "")
@@ -397,12 +412,13 @@ def _run_scratch(task, current: WarmResult) -> WarmResult:
     def callback(record: dict) -> bool:
         return task.deadline is not None and time.monotonic() + record["seconds"] > task.deadline
 
+    prep = task.input_preprocessing or task.backbone.preprocessing
     result = finetune(
         model,
         task.train_items,
         task.val_items,
         task.n_classes,
-        task.backbone.preprocessing,
+        prep,
         config,
         task.checkpoint_dir / "scratch",
         task.resume,
@@ -415,7 +431,9 @@ def _run_scratch(task, current: WarmResult) -> WarmResult:
     if mine > theirs:
         kept = f"kept the from-scratch model ({mine:.4f} vs {theirs:.4f})"
         notes = current.notes + [note, kept]
-        return WarmResult(result.model, result.best_epoch, result.history, notes, "scratch")
+        return WarmResult(
+            result.model, result.best_epoch, result.history, notes, "scratch", None, prep
+        )
     current.notes += [note, f"kept the {current.kept} model ({theirs:.4f} vs {mine:.4f})"]
     return current
 
@@ -487,6 +505,30 @@ def warm_config(config):
     )
 
 
+def _full_input(task) -> tuple:
+    """(input preprocessing, warm start) of full fine-tuning: the smaller input chosen for
+    small images with the warm start refitted at it, else the backbone's own and the frozen
+    choice itself."""
+    own, warm = task.backbone.preprocessing, task.warm_start
+    prep = task.input_preprocessing
+    if prep is None or prep == own or task.rewarm is None:
+        return own, warm
+    size = f"{prep.crop_size}x{prep.crop_size}"
+    task.console.note(f"fine-tune: refitting the warm start '{warm.view}' on {size} features")
+    start = task.rewarm(prep, warm.view)
+    if start is None:
+        task.console.note(
+            f"fine-tune: view '{warm.view}' has no equal at {size} (its grid is larger than "
+            f"the stage's map there): fine-tuning at {own.crop_size}x{own.crop_size}"
+        )
+        return own, warm
+    task.console.note(
+        f"fine-tune: warm start at {size}: validation {start.val_acc:.4f} (at "
+        f"{own.crop_size}x{own.crop_size}: {warm.val_acc:.4f}, the bar to beat)"
+    )
+    return prep, start
+
+
 def _run_full(task, choice: dict) -> WarmResult:
     """Full fine-tuning on images (automl_tl.finetune), warm-started from the frozen head."""
     import copy
@@ -494,10 +536,12 @@ def _run_full(task, choice: dict) -> WarmResult:
     from .finetune import finetune
 
     warm, console = task.warm_start, task.console
-    prep = task.backbone.preprocessing
+    prep, start = _full_input(task)
     net = copy.deepcopy(task.net)
-    model = ExportModel(warm.extractor(net, prep), copy.deepcopy(warm.head))
+    model = ExportModel(start.extractor(net, prep), copy.deepcopy(start.head))
     config = warm_config(task.config)
+    # the bar is the frozen choice as chosen (at the backbone's own input), whatever the
+    # input fine-tuning runs at
     se = standard_error(warm.val_acc, len(task.val_items))
 
     def callback(record: dict) -> bool:
@@ -542,6 +586,7 @@ def _run_full(task, choice: dict) -> WarmResult:
                 *stop_notes,
             ],
             "full",
+            preprocessing=prep,
         )
     notes = stop_notes + [
         f"kept the warm start (the frozen head): best fine-tuned validation {best['val_acc']:.4f}"

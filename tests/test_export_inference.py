@@ -126,3 +126,35 @@ def test_inference_runs_where_torch_cannot_be_imported(fitted, digits_dir):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.strip()) == len(expand_paths([digits_dir]))
+
+
+def test_a_model_fine_tuned_at_a_smaller_input_is_evaluated_and_exported_at_it(
+    tmp_path, monkeypatch
+):
+    """24x24 digits: full fine-tuning runs at 96x96 (4 x 24, a multiple of 32), the frozen
+    choice at 224. The keep decision is forced here (it is tested on its own in test_lpft)
+    so that the fine-tuned model is the one kept: the plan, the ONNX graph's input, its
+    metadata and the Predictor (onnxruntime alone) all follow it."""
+    import automl_tl.lpft as lpft
+    from automl_tl.api import AutoTransfer
+    from automl_tl.demo import write_digits
+
+    monkeypatch.setattr(lpft, "_accept", lambda *a: True)
+    data = write_digits(tmp_path / "digits24", per_class=12, digits=(0, 1, 7), size=24)
+    model = AutoTransfer(
+        case=3, finetune="full", finetune_epochs=1, out=tmp_path / "run", max_analysis_images=24
+    ).fit(data)
+    plan = json.loads((model.run_dir_ / "plan.json").read_text())
+    full = next(e for e in plan["estimates"] if e["kind"] == "full")
+    assert full["input_size"] == 96 and full["setup_seconds"] > 0
+    reason = next(r for r in plan["reasons"] if r.startswith("fine-tuning input size"))
+    assert reason.startswith("fine-tuning input size: 96x96, not the backbone's 224x224")
+    assert "median shorter side is 24 px" in reason
+    assert plan["outcome"] == "full" and plan["input_size"] == 96
+    graph = onnx.load(str(model.onnx_path_)).graph.input[0]
+    assert [d.dim_value for d in graph.type.tensor_type.shape.dim[1:]] == [3, 96, 96]
+    assert json.loads(_meta(model.onnx_path_)["automl_tl.preprocessing"])["crop_size"] == 96
+    assert model.metrics_["export_check"]["passed"] is True
+    files = sorted(data.rglob("*.png"))
+    onnx_top1 = [r["top"][0][0] for r in Predictor(model.onnx_path_).predict(files)]
+    assert onnx_top1 == model.predict(files)

@@ -13,11 +13,12 @@ import torch
 from PIL import Image
 
 from automl_tl.console import Console
-from automl_tl.errors import DataError
+from automl_tl.errors import AutoTLError, DataError
 from automl_tl.imagedata import (
     DecodedImages,
     EvalImages,
     ImageDataset,
+    choose_input,
     load_train_image,
     training_preprocessing,
 )
@@ -186,3 +187,39 @@ def test_training_resolution_follows_the_median_and_ignores_empty_sizes():
     assert training_preprocessing(prep, sizes).crop_size == 128
     assert training_preprocessing(prep, []) is prep
     assert training_preprocessing(prep, [(0, 5)]) is prep
+
+
+def _pngs(folder, sizes) -> list:
+    paths = []
+    for i, (w, h) in enumerate(sizes):
+        path = folder / f"{i}.png"
+        Image.fromarray(_photo(w, h, i)).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_choose_input_reads_the_training_images_headers(tmp_path):
+    """auto: 28x28 files -> 128 with the reason naming the median side; large files keep
+    the backbone's own (no reason); an unreadable file is passed over."""
+    prep = Preprocessing(crop_size=224, resize_size=256)
+    small = _pngs(tmp_path, [(28, 28)] * 4)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    chosen, reason = choose_input(prep, "auto", small + [broken])
+    assert (chosen.crop_size, chosen.resize_size) == (128, 146)
+    assert "median shorter side is 28 px (of 4 read)" in reason
+    (tmp_path / "large").mkdir()
+    large = _pngs(tmp_path / "large", [(300, 240)] * 2)
+    assert choose_input(prep, "auto", large) == (prep, None)
+    assert choose_input(prep, "backbone", small) == (prep, None)
+
+
+def test_choose_input_takes_a_given_size_and_refuses_others():
+    prep = Preprocessing(crop_size=224, resize_size=256)
+    chosen, reason = choose_input(prep, "96", [])
+    assert (chosen.crop_size, chosen.resize_size) == (96, 110)
+    assert reason == "input size: 96x96 as given (the backbone's own is 224)"
+    assert choose_input(prep, 224, []) == (prep, None)
+    for bad in ("100", "256", "16", "big"):
+        with pytest.raises(AutoTLError, match=f"input size '{bad}' is not usable"):
+            choose_input(prep, bad, [])

@@ -26,6 +26,7 @@ from automl_tl.partial import (
     train_top,
 )
 from automl_tl.plugins import get_plugins
+from automl_tl.preprocess import Preprocessing
 from tests.conftest import shared_dataset
 from tests.test_cases import make_subset
 
@@ -305,6 +306,7 @@ def test_from_scratch_run_is_kept_when_it_validates_better(tmp_path):
         resume=False,
         console=Console(quiet=True),
         deadline=None,
+        input_preprocessing=Preprocessing(crop_size=64, resize_size=73),
     )
     wrong = np.array([1 - y for _, y in items["val"]])
     current = WarmResult(None, 0, [], ["warm"], "frozen", (wrong, None))
@@ -317,6 +319,7 @@ def test_from_scratch_run_is_kept_when_it_validates_better(tmp_path):
         and out.notes[-1] == f"kept the from-scratch model ({acc:.4f} vs 0.0000)"
     )
     assert out.model is not None and out.best_epoch == 1
+    assert out.preprocessing.crop_size == 64  # trained, so evaluated and exported, at 64 px
 
 
 def test_a_resumed_run_continues_its_checkpoint_and_ends_as_an_uninterrupted_one(
@@ -355,3 +358,55 @@ def test_a_resumed_run_continues_its_checkpoint_and_ends_as_an_uninterrupted_one
     assert resumed.best_epoch == whole.best_epoch
     for k, v in resumed.model.state_dict().items():
         torch.testing.assert_close(v, whole.model.state_dict()[k], rtol=0, atol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bar,kept", [(0.0, "full"), (1.0, "frozen")])
+def test_full_finetuning_of_small_images_runs_at_their_input_from_a_refitted_warm_start(
+    warm_setup, tmp_path, bar, kept
+):
+    """28x28 digits fine-tune at 128x128: the warm start is refitted on the view embedded at
+    128 (not reused from 224), the epoch trains at 128, and the result says so when kept;
+    the bar to beat stays the frozen choice at 224 (here set to 0 and to 1)."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from automl_tl.candidates import frozen_views
+    from automl_tl.console import Console
+    from automl_tl.finetune import FinetuneConfig
+    from automl_tl.lpft import WarmStart, _run_full
+
+    (spec, net, view, fit, _, _, (yt, yv), _), cache, (train, val) = warm_setup
+    small = Preprocessing(crop_size=128, resize_size=146)
+    refits = []
+
+    def rewarm(prep, name):
+        at = dataclasses.replace(spec, preprocessing=prep)
+        v = next(v for v in frozen_views(at) if v.name == name)
+        rows = FeatureCache(at, net, cache, views=[v])
+        f = fit_logreg(rows.rows(train, name), yt, rows.rows(val, name), yv, 3)
+        refits.append((prep.crop_size, name, f.head))
+        return WarmStart(f.head, name, v.stage_index, v.grid, f.val_acc, yv)
+
+    warm = WarmStart(fit.head, view.name, view.stage_index, view.grid, bar, yv)
+    task = SimpleNamespace(
+        backbone=spec,
+        net=net,
+        warm_start=warm,
+        input_preprocessing=small,
+        rewarm=rewarm,
+        config=FinetuneConfig(epochs=1, batch_size=8),
+        train_items=[(s.path, int(y)) for s, y in zip(train, yt, strict=True)],
+        val_items=[(s.path, int(y)) for s, y in zip(val, yv, strict=True)],
+        n_classes=3,
+        checkpoint_dir=tmp_path / "checkpoints",
+        resume=False,
+        console=Console(quiet=True),
+        mode="full",
+        deadline=None,
+    )
+    out = _run_full(task, {})
+    assert [(size, name) for size, name, _ in refits] == [(128, "block4@2x2")]
+    assert not torch.equal(refits[0][2].fc.weight, fit.head.fc.weight)
+    assert out.kept == kept and len(out.history) == 1
+    assert out.preprocessing == (small if kept == "full" else None)
