@@ -83,8 +83,9 @@ def _fit_options(func):
             "--input-size",
             default="auto",
             show_default=True,
-            help="Input crop of the whole run: auto (smaller for images far smaller than the "
-            "backbone's input), backbone, or a multiple of 32.",
+            help="Input crop of full fine-tuning: auto (smaller for images far smaller than "
+            "the backbone's input), backbone, or a multiple of 32; frozen heads stay at the "
+            "backbone's.",
         ),
         click.option("--resume", is_flag=True, help="Continue an interrupted run in --out."),
         click.option(

@@ -293,8 +293,11 @@ def training_preprocessing(
     if not shorter:
         return prep
     crop = max(floor, 32 * math.ceil(factor * median(shorter) / 32))
-    if crop >= prep.crop_size:
-        return prep
+    return prep if crop >= prep.crop_size else _at_crop(prep, crop)
+
+
+def _at_crop(prep: Preprocessing, crop: int) -> Preprocessing:
+    """`prep` at crop size `crop`, its resize size keeping its ratio to the crop."""
     resize = round(crop * prep.resize_size / prep.crop_size)
     return dataclasses.replace(prep, crop_size=crop, resize_size=resize)
 
@@ -327,9 +330,8 @@ def choose_input(
             )
         if crop == own:
             return prep, None
-        resize = round(crop * prep.resize_size / own)
-        chosen = dataclasses.replace(prep, crop_size=crop, resize_size=resize)
-        return chosen, f"input size: {crop}x{crop} as given (the backbone's own is {own})"
+        reason = f"input size: {crop}x{crop} as given (the backbone's own is {own})"
+        return _at_crop(prep, crop), reason
     order = np.random.default_rng(seed).permutation(len(paths))[:SIZE_SAMPLE]
     sizes = []
     for i in order:

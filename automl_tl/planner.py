@@ -184,7 +184,8 @@ class Plan:
     time_budget: dict = field(default_factory=dict)
     estimates: list[dict] = field(default_factory=list)
     outcome: str = ""
-    # The input crop the run embeds, fine-tunes and exports at (0: the backbone's own).
+    # The input crop of the kept model, evaluated and exported at it: the backbone's own,
+    # unless fine-tuning at a smaller input (imagedata.choose_input) was kept.
     input_size: int = 0
 
     def to_dict(self) -> dict:

@@ -8,7 +8,7 @@ side by side on the same data, model, seed and schedule.
 Methods (one entry each in METHODS; another method is one more function and entry):
   full-old   every image decoded and augmented with PIL on every use (as before)
   full-new   each image decoded once per run into a uint8 store, augmented as tensors, at the
-             input size chosen from the images (training_preprocessing)
+             input size chosen from the images (imagedata.choose_input, as fit does)
   full-new-fixed   full-new at the backbone's own input size (separates the two effects)
   partial    the top 2 stages trained on cached maps of the stage below them, warm-started
              from a linear probe (automl_tl.partial; setup = caching the maps, in the budget)
@@ -41,17 +41,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from automl_tl import finetune as ft
 from automl_tl.console import Console
 from automl_tl.imagedata import (
     EvalImages,
     ImageDataset,
+    choose_input,
     class_weights,
     make_loader,
     mix_seed,
-    training_preprocessing,
 )
 from automl_tl.inference import expand_paths
 from automl_tl.plugins import get_plugins
@@ -111,18 +110,6 @@ def load_items(root: Path, per_class: int, val_per_class: int, seed: int):
             rest = [rest[i] for i in rng.permutation(len(rest))]
         val += [(p, label) for p in rest[: val_per_class or len(rest)]]
     return train, val, classes
-
-
-def image_sizes(items) -> list[tuple[int, int]]:
-    """(width, height) from the file headers (no decoding)."""
-    sizes = []
-    for path, _ in items:
-        try:
-            with Image.open(path) as img:
-                sizes.append(img.size)
-        except OSError:
-            pass
-    return sizes
 
 
 # ------------------------------------------------------------------------ training
@@ -216,7 +203,7 @@ def _full_decode_once(task: Task, choose_size: bool) -> dict:
     start = time.perf_counter()
     prep = task.spec.preprocessing
     if choose_size:
-        prep = training_preprocessing(prep, image_sizes(task.train))
+        prep, _ = choose_input(prep, "auto", [path for path, _ in task.train], task.config.seed)
     dataset = ImageDataset(task.train, prep, True, task.config.seed)
     dataset.fill(task.console)
     kept = f"{dataset.images.kept}/{len(dataset)} kept, {dataset.images.nbytes / 2**20:.0f} MiB"
