@@ -28,7 +28,7 @@ import copy
 import hashlib
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -283,6 +283,16 @@ def train_top(
     shape = _shape_of(maps_train, model)
     yt = torch.as_tensor(np.asarray(y_train)).long()
     yv = torch.as_tensor(np.asarray(y_val)).long()
+    data = _fingerprint(maps_train, y_train, maps_val, y_val)
+    ck = _load(checkpoint, data, config, console) if checkpoint is not None and resume else None
+    if ck is not None and ck["config"]["epochs"] != config.epochs:
+        # The killed run's plan wins: its learning-rate schedule spans its epoch count, and
+        # the deadline still stops this run early when there is less time now.
+        console.note(
+            f"resuming the interrupted run's plan of {ck['config']['epochs']} epochs "
+            f"(this run would have planned {config.epochs})"
+        )
+        config = replace(config, epochs=int(ck["config"]["epochs"]))
     params = model.trained_parameters(shape)
     model.channels_last()
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -298,18 +308,15 @@ def train_top(
     console.note(f"{'':10} warm start (the frozen head): val loss {loss0:.4f} acc {acc0:.4f}")
     best = {"epoch": 0, "key": (acc0, -loss0), "state": warm_state, "pred": pred0}
     stop, notes, start = "epochs", [], 1
-    data = _fingerprint(maps_train, y_train, maps_val, y_val)
-    if checkpoint is not None and resume:
-        ck = _load(checkpoint, data, config, console)
-        if ck is not None:
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            sched.load_state_dict(ck["scheduler"])
-            history, notes, stop = ck["history"], ck["notes"], ck["stop"]
-            b = ck["best"]
-            best = {**b, "key": tuple(b["key"]), "pred": b["pred"].numpy()}
-            start = ck["epoch"] + 1
-            console.note(f"resuming fine-tuning on cached maps after epoch {ck['epoch']}")
+    if ck is not None:
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        history, notes, stop = ck["history"], ck["notes"], ck["stop"]
+        b = ck["best"]
+        best = {**b, "key": tuple(b["key"]), "pred": b["pred"].numpy()}
+        start = ck["epoch"] + 1
+        console.note(f"resuming fine-tuning on cached maps after epoch {ck['epoch']}")
     with torch.random.fork_rng(devices=[]):
         for epoch in range(start, config.epochs + 1):
             if stop != "epochs":
@@ -470,7 +477,7 @@ def _load(path: Path, data: str, config: PartialConfig, console: Console) -> dic
         console.warn(f"{e}; training the top stages from the start")
         return None
     now = config.to_dict()
-    free = ("epochs",)  # a resumed run may have another budget, hence another epoch count
+    free = ("epochs",)  # another budget plans another count; the checkpoint's count is resumed
     if ck["data"] != data or any(ck["config"].get(k) != v for k, v in now.items() if k not in free):
         console.warn(
             f"checkpoint '{path}' is of other data or settings; training the top stages from "

@@ -327,7 +327,11 @@ def test_a_resumed_run_continues_its_checkpoint_and_ends_as_an_uninterrupted_one
 ):
     """Two epochs in one go, against a run killed right after its first checkpoint and
     resumed: the same history, the same kept epoch and bit-identical weights."""
+    import dataclasses
+    import io
+
     import automl_tl.partial as partial
+    from automl_tl.console import Console
 
     spec, net, view, fit, after, (rt, rv), (yt, yv), _ = warm
     config = PartialConfig(epochs=2, batch_size=8, lr=1e-4, trial_z=-1e9, accept_z=-1e9)
@@ -352,7 +356,15 @@ def test_a_resumed_run_continues_its_checkpoint_and_ends_as_an_uninterrupted_one
         train_top(fresh(), rt, yt, rv, yv, 3, config, checkpoint=ck)
     monkeypatch.setattr(partial, "_save", real_save)
     assert torch.load(ck, weights_only=True)["epoch"] == 1
-    resumed = train_top(fresh(), rt, yt, rv, yv, 3, config, checkpoint=ck, resume=True)
+    # A resumed run with more time would plan more epochs: the interrupted plan (2) wins, so
+    # its cosine schedule ends where it would have.
+    longer = dataclasses.replace(config, epochs=4)
+    stream = io.StringIO()
+    resumed = train_top(
+        fresh(), rt, yt, rv, yv, 3, longer, Console(stream=stream), checkpoint=ck, resume=True
+    )
+    said = stream.getvalue()
+    assert "resuming the interrupted run's plan of 2 epochs (this run would have planned 4)" in said
     strip = [{k: v for k, v in h.items() if k != "seconds"} for h in resumed.history]
     assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in whole.history]
     assert resumed.best_epoch == whole.best_epoch
