@@ -176,8 +176,9 @@ class AutoTransfer(BaseEstimator):
         analysis = self._analyse(spec, net, train, val, test, console, features)
         plan = self._plan(analysis, spec, plugins)
         self.plan_, self.profile_ = plan, analysis.profile
+        fitted = None  # the chosen frozen head, when the view choice just fitted it
         if self._searches(plan):
-            self._choose_view(plan, features, train, val, console)
+            fitted = self._choose_view(plan, features, train, val, console)
         strategy = plugins.strategy(plan.strategy)
         parts = (train, val, test)
         if strategy.kind == "images":
@@ -193,7 +194,7 @@ class AutoTransfer(BaseEstimator):
             context = (net, features, warm, estimates, deadline, tuning)
             result, preds = self._fit_images(strategy, parts, run, console, context)
         else:
-            result, preds = self._fit_features(strategy, net, features, parts, console)
+            result, preds = self._fit_features(strategy, net, features, parts, console, fitted)
         self.history_ = result.history
         self.cache_stats_ = {**features.stats.to_dict(), "backend": ops.backend()}
         self.metrics_ = self._metrics(result, preds, parts, time.perf_counter() - t0)
@@ -282,9 +283,10 @@ class AutoTransfer(BaseEstimator):
             views=views,
         )
 
-    def _fit_features(self, strategy, net, features: FeatureCache, parts, console):
+    def _fit_features(self, strategy, net, features: FeatureCache, parts, console, fitted=None):
         """Frozen backbone: the cut stage's rows from the feature cache (computed where
-        missing), handed to the strategy as stored rows and as float32 arrays."""
+        missing), handed to the strategy as stored rows and as float32 arrays (and `fitted`,
+        the view choice's head on those rows, when it has one)."""
         train, val, test = parts
         prep = self.spec_.preprocessing
         cut = self.spec_.stage_index(self.plan_.cut)
@@ -305,6 +307,7 @@ class AutoTransfer(BaseEstimator):
             console,
             rows_train,
             rows_val,
+            fitted,
         )
         result = strategy.fit(task)
         self.model_ = ExportModel(extractor, result.head).eval()
@@ -323,14 +326,15 @@ class AutoTransfer(BaseEstimator):
         unless the user fixed case 1 (last stage, pooled) or named a strategy."""
         return plan.strategy in _FROZEN_BUILTINS and self.strategy is None and self.case != 1
 
-    def _choose_view(self, plan: Plan, features: FeatureCache, train, val, console) -> None:
+    def _choose_view(self, plan: Plan, features: FeatureCache, train, val, console):
         """Measure a head on every cached view (stage x grid) and put the choice into `plan`
-        (cut, grid, view, case, strategy, reasons, candidates); remembered by content."""
+        (cut, grid, view, case, strategy, reasons, candidates); remembered by content.
+        Returns the chosen view's fitted logistic regression, or None when remembered."""
         from .candidates import choose_view
 
         last = self.spec_.stages[-1].name
         y_train, y_val = self._labels(train), self._labels(val)
-        chosen, table, reason, se = choose_view(
+        chosen, table, reason, se, fitted = choose_view(
             features, train, val, y_train, y_val, last, self.seed, console, self.case != 2
         )
         case = 1 if chosen.name == last else 2
@@ -353,6 +357,7 @@ class AutoTransfer(BaseEstimator):
             "basis": f"95% interval of the chosen head's validation accuracy on "
             f"{len(val)} images (chosen among {len(table)} views on that split)",
         }
+        return fitted
 
     def _warm_start(self, plan: Plan, features: FeatureCache, parts, console):
         """The frozen choice that fine-tuning starts from and falls back to: a head on every
@@ -363,10 +368,10 @@ class AutoTransfer(BaseEstimator):
         train, val, test = parts
         last = self.spec_.stages[-1].name
         y_train, y_val = self._labels(train), self._labels(val)
-        chosen, table, reason, _ = choose_view(
+        chosen, table, reason, _, fitted = choose_view(
             features, train, val, y_train, y_val, last, self.seed, console
         )
-        warm, C = self._logreg_warm(features, chosen, parts, console)
+        warm, C = self._logreg_warm(features, chosen, parts, console, fitted)
         plan.candidates = table
         self._set_view(plan, chosen)
         plan.reasons = [r for r in plan.reasons if not r.startswith("cut point:")]
@@ -383,23 +388,26 @@ class AutoTransfer(BaseEstimator):
         }
         return warm
 
-    def _logreg_warm(self, features: FeatureCache, view, parts, console):
+    def _logreg_warm(self, features: FeatureCache, view, parts, console, fitted=None):
         """(WarmStart, C): the logistic regression on `view`'s cached rows, fitted on train,
-        C chosen on validation, with its validation and test predictions."""
+        C chosen on validation (or `fitted`, that head already fitted by the view choice),
+        with its validation and test predictions."""
         from .logreg import fit_logreg
         from .lpft import WarmStart
 
         train, val, test = parts
         rows = features.rows(train + val + test, view.name)
         n_tr, n_va = len(train), len(val)
-        fit = fit_logreg(
-            rows.subset(np.arange(n_tr)),
-            self._labels(train),
-            rows.subset(np.arange(n_tr, n_tr + n_va)),
-            self._labels(val),
-            len(self.classes_),
-            console=console,
-        )
+        fit = fitted
+        if fit is None:
+            fit = fit_logreg(
+                rows.subset(np.arange(n_tr)),
+                self._labels(train),
+                rows.subset(np.arange(n_tr, n_tr + n_va)),
+                self._labels(val),
+                len(self.classes_),
+                console=console,
+            )
         with torch.no_grad():
             pred = fit.head(rows.dequantize()).argmax(1).numpy()
         warm = WarmStart(

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -44,6 +45,8 @@ __all__ = [
     "standard_error",
     "joined_view",
     "view_named",
+    "Choice",
+    "choose_view",
 ]
 
 
@@ -292,6 +295,19 @@ def _find(cands: list[Candidate], name: str) -> Candidate:
 _MEMO_NAMESPACE = "frozen-views-v2"  # v2: a joined view is among the candidates
 
 
+class Choice(NamedTuple):
+    """What `choose_view` returns. `fit` is the chosen view's logistic regression when this
+    call measured the candidates (fitted on every training row with logreg's defaults, so a
+    frozen strategy can return it instead of fitting the same head again); None when the
+    choice came from the memo."""
+
+    view: View
+    candidates: list[dict]
+    reason: str
+    se: float
+    fit: LogRegResult | None = None
+
+
 def choose_view(
     features,
     train,
@@ -306,7 +322,7 @@ def choose_view(
     """The frozen head's input for a fit: `select_view` over every view the feature cache
     holds (without the case-1 view `default` when `include_default` is False: the user asked
     for case 2), remembered by content (feature space, images, labels, seed), so a warm re-run
-    measures nothing. Returns (View, candidate dicts, reason, standard error)."""
+    measures nothing. Returns a Choice."""
     import hashlib
     import json
 
@@ -328,7 +344,7 @@ def choose_view(
     known = features.memo.get(_MEMO_NAMESPACE, key)
     view = view_named(str(known.get("view")), views) if isinstance(known, dict) else None
     if view is not None:
-        return view, known["candidates"], known["reason"], known["se"]
+        return Choice(view, known["candidates"], known["reason"], known["se"])
     train_rows, val_rows = features.view_rows(train), features.view_rows(val)
     n_classes = int(max(np.max(y_train), np.max(y_val))) + 1
     sel = select_view(
@@ -349,4 +365,4 @@ def choose_view(
         "se": sel.standard_error,
     }
     features.memo.put(_MEMO_NAMESPACE, key, record)
-    return sel.view, table, sel.reason, sel.standard_error
+    return Choice(sel.view, table, sel.reason, sel.standard_error, sel.result)

@@ -31,6 +31,10 @@ class HeadTask:
     console: Console
     rows_train: object = None
     rows_val: object = None
+    # The logistic regression the view choice already fitted on exactly these rows and
+    # labels (automl_tl.logreg's defaults), or None; a strategy that would fit the same
+    # head may return it instead of fitting again.
+    fitted: object = None
 
 
 @dataclass

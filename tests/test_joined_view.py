@@ -141,3 +141,39 @@ def test_the_extractor_computes_a_joined_view_and_its_onnx_export_matches(lite0_
     assert result["passed"] and result["max_abs_diff"] <= 1e-4
     with pytest.raises(ValueError, match="reach past the cut"):
         FeatureExtractor(net, prep, 3, parts=j.parts)
+
+
+def test_a_cold_fit_fits_the_chosen_head_once_and_a_warm_refit_gets_the_same_head(
+    digits_dir, tmp_path, monkeypatch
+):
+    """The view choice fits a head per candidate; the chosen one is handed to the frozen
+    strategy rather than fitted again. A warm re-run (the choice remembered) fits it once,
+    and both runs end with the same predictions."""
+    import automl_tl.candidates as candidates
+    import automl_tl.logreg as logreg
+    from automl_tl import AutoTransfer
+
+    calls = {"choice": 0, "strategy": 0}
+    real = logreg.fit_logreg
+
+    def counted(where):
+        def fit(*args, **kwargs):
+            calls[where] += 1
+            return real(*args, **kwargs)
+
+        return fit
+
+    monkeypatch.setattr(candidates, "fit_logreg", counted("choice"))
+    monkeypatch.setattr(logreg, "fit_logreg", counted("strategy"))
+    runs = []
+    for i in range(2):
+        est = AutoTransfer(out=tmp_path / f"run{i}", cache_dir=tmp_path / "cache", quiet=True)
+        runs.append((est.fit(digits_dir), dict(calls)))
+        calls.update(choice=0, strategy=0)
+    (cold, cold_calls), (warm, warm_calls) = runs
+    tried = len(cold.plan_.candidates)
+    assert cold_calls == {"choice": tried, "strategy": 0}
+    assert warm_calls == {"choice": 0, "strategy": 1}
+    assert warm.plan_.view == cold.plan_.view
+    files = sorted(p for p in digits_dir.rglob("*.png"))
+    np.testing.assert_array_equal(warm.predict(files), cold.predict(files))

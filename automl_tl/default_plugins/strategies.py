@@ -18,6 +18,8 @@ def _linear_head(task: HeadTask) -> TrainResult:
     (automl_tl.logreg): the tuned linear head, without epochs or a learning rate."""
     from ..logreg import fit_logreg, logreg_result
 
+    if task.fitted is not None:  # the view choice fitted this very head already
+        return logreg_result(task.fitted)
     result = fit_logreg(
         task.rows_train if task.rows_train is not None else task.x_train,
         task.y_train,
