@@ -43,6 +43,7 @@ from .embed import iter_batches, pick_device
 from .errors import AutoTLError, DataError
 from .export import ExportModel
 from .imagedata import (
+    AUGMENTS,
     ImageDataset,
     class_weights,
     close_loader,
@@ -88,6 +89,7 @@ class FinetuneConfig:
     seed: int = 0
     num_workers: int | None = None  # loader processes; None: auto (see _auto_workers)
     augment: bool = True
+    augment_policy: str = "standard"  # a name in imagedata.AUGMENTS
     # BatchNorm statistics kept as loaded: a warm-started head was fitted on features made
     # with them (chest_xray, full fine-tuning from the frozen head with them updating:
     # validation 0.986 -> 0.739 after one epoch)
@@ -104,6 +106,7 @@ class FinetuneConfig:
             "warmup_epochs": 0 <= self.warmup_epochs <= self.epochs,
             "label_smoothing": 0 <= self.label_smoothing < 1,
             "num_workers": self.num_workers is None or self.num_workers >= 0,
+            "augment_policy": self.augment_policy in AUGMENTS,
         }
         for name, ok in checks.items():
             if not ok:
@@ -462,7 +465,7 @@ def _prepare(model, train, val, n_classes, prep, config, checkpoint_dir, console
     path.parent.mkdir(parents=True, exist_ok=True)
     _freeze_unreached(model.cpu(), prep.crop_size)
     model.to(device, memory_format=torch.channels_last)
-    dataset = ImageDataset(train, prep, config.augment, config.seed)
+    dataset = ImageDataset(train, prep, config.augment, config.seed, policy=config.augment_policy)
     dataset.fill(console)  # decode every image once, before loader workers fork
     loader = make_loader(dataset, config, rank, world, device)
     opt = _make_optimizer(model, config)

@@ -42,6 +42,8 @@ __all__ = [
     "make_loader",
     "memory_cap",
     "tensor_train_transform",
+    "Augment",
+    "AUGMENTS",
     "train_transform",
     "choose_input",
     "training_preprocessing",
@@ -66,24 +68,44 @@ _INTERPOLATION = {
 }
 
 
-def _crop_flip(prep: Preprocessing) -> list:
+@dataclasses.dataclass(frozen=True)
+class Augment:
+    """The geometric half of a training augmentation: a random crop of `scale` of the image's
+    area at an aspect `ratio`, resized to the input, then a horizontal flip if `flip`."""
+
+    scale: tuple[float, float] = (0.35, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: bool = True
+
+
+AUGMENTS = {
+    # A new head learns from scratch: strong crops and flips (the usual ImageNet recipe).
+    "standard": Augment(),
+    # A warm-started head (automl_tl.lpft): crops close to the evaluation crop and no flip,
+    # so each cell of a pooled grid still sees what the head was fitted on (a flip moves
+    # left cells right; digits change meaning under it).
+    "gentle": Augment(scale=(0.75, 1.0), ratio=(0.9, 1.1), flip=False),
+}
+
+
+def _crop_flip(prep: Preprocessing, policy: str = "standard") -> list:
     """The geometric half of the training augmentation (PIL images and tensors alike)."""
-    return [
-        v2.RandomResizedCrop(
-            prep.crop_size,
-            scale=(0.35, 1.0),
-            interpolation=_INTERPOLATION[prep.interpolation],
-            antialias=True,
-        ),
-        v2.RandomHorizontalFlip(),
-    ]
+    aug = AUGMENTS[policy]
+    crop = v2.RandomResizedCrop(
+        prep.crop_size,
+        scale=aug.scale,
+        ratio=aug.ratio,
+        interpolation=_INTERPOLATION[prep.interpolation],
+        antialias=True,
+    )
+    return [crop, v2.RandomHorizontalFlip()] if aug.flip else [crop]
 
 
-def train_transform(prep: Preprocessing) -> v2.Compose:
+def train_transform(prep: Preprocessing, policy: str = "standard") -> v2.Compose:
     """Training augmentation: PIL RGB -> float32 CHW in [0, 1] of size crop_size."""
     return v2.Compose(
         [
-            *_crop_flip(prep),
+            *_crop_flip(prep, policy),
             v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
             v2.ToImage(),
             v2.ToDtype(torch.float32, scale=True),
@@ -91,7 +113,7 @@ def train_transform(prep: Preprocessing) -> v2.Compose:
     )
 
 
-def tensor_train_transform(prep: Preprocessing) -> v2.Compose:
+def tensor_train_transform(prep: Preprocessing, policy: str = "standard") -> v2.Compose:
     """The augmentation of `train_transform` on a uint8 CHW tensor -> float32 CHW in [0, 1].
 
     Crop and flip run on uint8 (a quarter of the bytes), colour jitter on float (no rounding
@@ -100,7 +122,7 @@ def tensor_train_transform(prep: Preprocessing) -> v2.Compose:
     """
     return v2.Compose(
         [
-            *_crop_flip(prep),
+            *_crop_flip(prep, policy),
             v2.ToDtype(torch.float32, scale=True),
             v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
         ]
@@ -378,8 +400,8 @@ class ImageDataset(Dataset):
     """(path, label) items -> (float32 CHW in [0, 1], label).
 
     Indexed by `(epoch, i)` (what the training sampler yields) or plain `i` (epoch 0).
-    With `augment`, sample i of an epoch is augmented with a seed of (seed, epoch, i);
-    without, it is the eval preprocessing (`load_for_model`).
+    With `augment`, sample i of an epoch is augmented (`policy`: a name in AUGMENTS) with a
+    seed of (seed, epoch, i); without, it is the eval preprocessing (`load_for_model`).
 
     `decode_once` (default): images are decoded once into `images` (a `DecodedImages`,
     filled up front by `fill`, within `cap_bytes`) and augmented as uint8 tensors. Without it,
@@ -394,6 +416,7 @@ class ImageDataset(Dataset):
         seed: int = 0,
         decode_once: bool = True,
         cap_bytes: int | None = None,
+        policy: str = "standard",
     ):
         self.items = [(str(p), int(y)) for p, y in items]
         self.prep, self.seed = prep, seed
@@ -402,9 +425,9 @@ class ImageDataset(Dataset):
             paths = [p for p, _ in self.items]
             decode = load_train_image if augment else _eval_tensor
             self.images = DecodedImages(paths, functools.partial(decode, prep=prep), cap_bytes)
-            self.transform = tensor_train_transform(prep) if augment else None
+            self.transform = tensor_train_transform(prep, policy) if augment else None
         else:
-            self.transform = train_transform(prep) if augment else None
+            self.transform = train_transform(prep, policy) if augment else None
 
     def __len__(self) -> int:
         return len(self.items)

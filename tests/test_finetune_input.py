@@ -130,6 +130,27 @@ def test_augmentation_is_a_function_of_seed_epoch_and_index(images):
     assert torch.equal(old[(2, 1)][0], old[(2, 1)][0]) and old[(2, 1)][0].shape == (3, 32, 32)
 
 
+@pytest.mark.parametrize("policy,mirrors", [("standard", True), ("gentle", False)])
+def test_the_gentle_policy_never_mirrors_and_keeps_most_of_the_image(tmp_path, policy, mirrors):
+    """A warm-started head (lpft) trains on the gentle policy: crops of 75-100% of the image
+    near square and no flip. An image dark on the left, light on the right, over 40 epochs:
+    the standard policy mirrors some, the gentle one none, and its crops keep both halves."""
+    arr = np.zeros((64, 64, 3), np.uint8)
+    arr[:, 32:] = 255
+    path = tmp_path / "halves.png"
+    Image.fromarray(arr).save(path)
+    ds = ImageDataset([(path, 0)], PREP, augment=True, seed=0, policy=policy)
+    ds.fill()
+    mirrored, light = 0, []
+    for epoch in range(1, 41):
+        x = ds[(epoch, 0)][0].mean(0)  # (32, 32) brightness
+        mirrored += int(x[:, :16].mean() > x[:, 16:].mean())
+        light.append(float((x > x.mean()).float().mean()))
+    assert (mirrored > 0) is mirrors
+    if not mirrors:  # a crop of >= 75% of the area at aspect 0.9-1.1 keeps 40-60% light
+        assert 0.38 <= min(light) and max(light) <= 0.62, (min(light), max(light))
+
+
 # ----------------------------------------------------------------- memory cap
 def test_memory_cap_keeps_what_fits_and_decodes_the_rest_alike(images):
     items = [(p, 0) for p in images]
