@@ -441,21 +441,29 @@ class AutoTransfer(BaseEstimator):
         """prep -> the warm start refitted on features at input `prep` (the frozen choice's
         view, embedded at that size for train and validation), or None when the view has no
         equal at that size (its grid is larger than the stage's map there)."""
-        from .candidates import JOINER, frozen_views, view_named
-
         train, val, _ = parts
 
         def rewarm(prep, view_name: str):
-            spec = dataclasses.replace(self.spec_, preprocessing=prep)
-            views = {v.name: v for v in frozen_views(spec)}
-            view = view_named(view_name, views)
-            if view is None:
+            found = self._rewarm_cache(net, prep, view_name, console)
+            if found is None:
                 return None
-            members = [views[name] for name in view_name.split(JOINER)]
-            cache = self._features(spec, net, console, views=members)
+            cache, view = found
             return self._logreg_warm(cache, view, (train, val, []), console)[0]
 
         return rewarm
+
+    def _rewarm_cache(self, net, prep, view_name: str, console):
+        """(feature cache, view) of the frozen choice's view embedded at input `prep` (a
+        joined view: its members), or None when the view has no equal at that size."""
+        from .candidates import JOINER, frozen_views, view_named
+
+        spec = dataclasses.replace(self.spec_, preprocessing=prep)
+        views = {v.name: v for v in frozen_views(spec)}
+        view = view_named(view_name, views)
+        if view is None:
+            return None
+        members = [views[name] for name in view_name.split(JOINER)]
+        return self._features(spec, net, console, views=members), view
 
     def _set_view(self, plan: Plan, view) -> None:
         """The frozen head's input into the plan: the stage the backbone runs to, the grid,
@@ -501,15 +509,18 @@ class AutoTransfer(BaseEstimator):
 
         train, val, test = parts
         everything = train + val + test
-        stats, console = features.stats, features.console
-        # the frozen graph's speed as this run measured it; torch eager's when it embedded
-        # too little to tell (a warm cache), which is slower: the estimate errs long
-        rate = analysis.images_per_second
-        if stats.computed >= 64 and stats.seconds > 0:
-            rate = stats.computed / stats.seconds
+        console = features.console
+        # the frozen graph's speed as this run measured it, or as the last run that embedded
+        # into this cache did (a warm run embeds nothing); torch eager's when neither did,
+        # which is slower: the estimate errs long
+        rate = features.embed_rate() or analysis.images_per_second
 
         def missing(after: int) -> int:
             return len(self._map_cache(net, after, console)._missing(everything))
+
+        def rewarm_missing() -> int:  # train + validation images not yet embedded at `tuning`
+            found = self._rewarm_cache(net, tuning, warm.view, console)
+            return len(found[0]._missing(train + val)) if found else len(train) + len(val)
 
         estimates = estimate_candidates(
             self.spec_,
@@ -527,6 +538,7 @@ class AutoTransfer(BaseEstimator):
             console=console,
             maps_missing=missing,
             full_preprocessing=tuning,
+            rewarm_missing=rewarm_missing,
         )
         plan.estimates = estimates
         plan.reasons.extend(describe(estimates))

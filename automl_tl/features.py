@@ -32,6 +32,10 @@ __all__ = ["FeatureCache", "CacheStats", "DECODER"]
 DECODER = decoder_id()
 
 
+RATE_MIN_IMAGES = 64  # fewer embedded images time the session start more than the graph
+_RATE_NAMESPACE = "embed-rate-v1"
+
+
 @dataclass
 class CacheStats:
     """What one run's embedding cost: rows read from the cache vs computed now."""
@@ -195,12 +199,25 @@ class FeatureCache:
             self._compute(mine)
             self.stats.seconds += time.perf_counter() - t0
             self.stats.computed += len(mine)
+            if self.stats.computed >= RATE_MIN_IMAGES and self.stats.seconds > 0:
+                rate = self.stats.computed / self.stats.seconds
+                self.memo.put(_RATE_NAMESPACE, self.model_key, {"images_per_second": rate})
         if size > 1:
             torch.distributed.barrier()
             late = self._missing(samples)  # kept in another process's memory: its disk was full
             if late:
                 self._compute(late)
                 self.stats.computed += len(late)
+
+    def embed_rate(self) -> float | None:
+        """Images per second of this graph's embedding: this run's when it computed at least
+        RATE_MIN_IMAGES rows, else the last such measurement in this cache folder (a warm
+        run embeds nothing), else None."""
+        if self.stats.computed >= RATE_MIN_IMAGES and self.stats.seconds > 0:
+            return self.stats.computed / self.stats.seconds
+        known = self.memo.get(_RATE_NAMESPACE, self.model_key)
+        rate = known.get("images_per_second") if isinstance(known, dict) else None
+        return float(rate) if isinstance(rate, int | float) and rate > 0 else None
 
     def _compute(self, todo: list[Sample]) -> None:
         prep = self.spec.preprocessing

@@ -150,6 +150,7 @@ def estimate_candidates(
     console: Console | None = None,
     maps_missing=None,
     full_preprocessing=None,
+    rewarm_missing=None,
 ) -> list[dict]:
     """Each candidate's estimated wall time on this machine, from measured throughput, its
     expected accuracy with the basis, and whether it fits `remaining` seconds; in order of
@@ -160,7 +161,9 @@ def estimate_candidates(
     are not cached yet (only those are embedded). `full_preprocessing` is the input of
     full fine-tuning and training from scratch when it is smaller than the backbone's own:
     their rate is measured at it, and full fine-tuning first refits the warm start on the
-    view embedded at that size (setup: the frozen graph's rate scaled by the pixel ratio)."""
+    view embedded at that size (setup: the frozen graph's rate scaled by the pixel ratio, for
+    the `rewarm_missing()` train + validation images not cached at that size yet; all of them
+    when not given)."""
     console = console or Console(quiet=True)
     own = spec.preprocessing
     small = full_preprocessing or own
@@ -181,7 +184,8 @@ def estimate_candidates(
         full_epoch = per_image * (n_train + n_val / 3)
         # the warm start refitted at the smaller input: train and validation embedded again
         pixels = (own.crop_size / small.crop_size) ** 2
-        rewarm = (n_train + n_val) / max(embed_rate * pixels, 1e-9) if resized else 0.0
+        todo = (rewarm_missing() if rewarm_missing else n_train + n_val) if resized else 0
+        rewarm = todo / max(embed_rate * pixels, 1e-9)
         for kind, n_epochs in (("full", full_epochs), ("scratch", SCRATCH_EPOCHS)):
             if kind == "scratch" and not scratch:
                 continue

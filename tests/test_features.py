@@ -162,3 +162,29 @@ def test_fallback_ops_give_the_same_fit(digits_dir, tmp_path):
     assert fallback["feature_cache"]["backend"] == "torch"
     assert "fallback" in stderr
     assert fallback["val_accuracy"] == runs["default"][0]["val_accuracy"]
+
+
+def test_a_warm_cache_reports_the_embedding_rate_its_last_cold_run_measured(tmp_path):
+    """Fine-tuning estimates need the frozen graph's speed; a warm run embeds nothing, so it
+    reads the rate the run that filled this cache measured (torch eager's slower rate made
+    a warm mnist run skip fine-tuning a cold one would try)."""
+    from automl_tl.demo import write_digits
+    from automl_tl.features import RATE_MIN_IMAGES
+
+    folder = write_digits(tmp_path / "digits", per_class=22, digits=(0, 1, 7))
+    samples = audit(scan(folder)).samples
+    assert len(samples) == 66 >= RATE_MIN_IMAGES
+    spec = get_plugins().backbone("efficientnet_lite0")
+    net = spec.build()
+    cold = FeatureCache(spec, net, tmp_path / "cache")
+    assert cold.embed_rate() is None
+    cold.ensure(samples)
+    rate = cold.embed_rate()
+    assert cold.stats.computed == 66 and rate == cold.stats.computed / cold.stats.seconds
+    warm = FeatureCache(spec, net, tmp_path / "cache")
+    warm.ensure(samples)
+    assert warm.stats.computed == 0 and warm.embed_rate() == rate
+    assert FeatureCache(spec, net, tmp_path / "other").embed_rate() is None
+    few = FeatureCache(spec, net, tmp_path / "few")
+    few.ensure(samples[:10])  # too few images to time the graph rather than its start
+    assert few.embed_rate() is None

@@ -423,3 +423,30 @@ def test_full_finetuning_of_small_images_runs_at_their_input_from_a_refitted_war
     assert not torch.equal(refits[0][2].fc.weight, fit.head.fc.weight)
     assert out.kept == kept and len(out.history) == 1
     assert out.preprocessing == (small if kept == "full" else None)
+
+
+def test_the_full_estimate_counts_only_the_refit_images_not_yet_cached_at_its_input(
+    warm, monkeypatch
+):
+    """Full fine-tuning at a smaller input first refits the warm start on features at that
+    input: its setup is the images not cached there yet, at the frozen graph's rate scaled by
+    the pixel ratio (a warm re-run has none to embed). The training-rate measurements are
+    fixed here: they are not what this test is about."""
+    import automl_tl.lpft as lpft
+    from automl_tl.lpft import WarmStart, estimate_candidates
+
+    spec, net, view, fit, _, _, (_, yv), _ = warm
+    monkeypatch.setattr(lpft, "_full_rate", lambda *a: 50.0)
+    monkeypatch.setattr(lpft, "step_rate", lambda *a: 100.0)
+    start = WarmStart(fit.head, view.name, view.stage_index, view.grid, 0.9, yv)
+    small = Preprocessing(crop_size=112, resize_size=128)
+    pixels = (224 / 112) ** 2
+
+    def full_setup(**kw) -> float:
+        est = estimate_candidates(spec, net, start, 1000, 200, 1200, 100.0, 1e9, **kw)
+        return next(e for e in est if e["kind"] == "full")["setup_seconds"]
+
+    assert full_setup(full_preprocessing=small) == round(1200 / (100.0 * pixels), 1) == 3.0
+    assert full_setup(full_preprocessing=small, rewarm_missing=lambda: 600) == 1.5
+    assert full_setup(full_preprocessing=small, rewarm_missing=lambda: 0) == 0.0
+    assert full_setup(rewarm_missing=lambda: 600) == 0.0  # at the backbone's own input
