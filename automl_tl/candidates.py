@@ -253,7 +253,9 @@ def select_view(
     members = _leaders_to_join(ranked, by_name)
     if members:  # the leaders of distinct stages side by side, fitted on every training row
         joined = joined_view(members)
-        pairs = [rows(m) for m in members]
+        # in the joined view's (stage) order, as the cache returns its rows: the head fitted
+        # here is the one a fit keeps
+        pairs = [rows(by_name[name]) for name in joined.name.split(JOINER)]
         tr = torch.cat([as_float_rows(a) for a, _ in pairs], 1)
         va = torch.cat([as_float_rows(b) for _, b in pairs], 1)
         measured[joined.name] = _measure(joined, tr, y_train, va, y_val, n_classes)

@@ -73,6 +73,13 @@ def test_the_joined_view_is_chosen_when_it_validates_best():
     assert max(c.val_acc for c in sel.candidates[:-1]) < 0.6
     assert f"'{joined.view}' ({joined.width} features)" in sel.reason
     assert "6 views tried" in sel.reason
+    # The fitted head takes the joined rows as the cache stores them: members in stage order
+    # (a, b, c), whatever order they ranked in; a fit reuses this head (a cold fit's 0.10 on
+    # mnist was this head fed rank-ordered columns).
+    x = torch.cat([torch.as_tensor(va[n]) for n in sel.view.name.split("+")], 1)
+    with torch.no_grad():
+        acc = float((sel.result.head(x).argmax(1).numpy() == yv).mean())
+    assert acc == pytest.approx(joined.val_acc, abs=1e-4)
 
 
 def test_the_joined_view_is_left_out_when_it_validates_worse():
@@ -144,15 +151,18 @@ def test_the_extractor_computes_a_joined_view_and_its_onnx_export_matches(lite0_
 
 
 def test_a_cold_fit_fits_the_chosen_head_once_and_a_warm_refit_gets_the_same_head(
-    digits_dir, tmp_path, monkeypatch
+    tmp_path, monkeypatch
 ):
-    """The view choice fits a head per candidate; the chosen one is handed to the frozen
-    strategy rather than fitted again. A warm re-run (the choice remembered) fits it once,
-    and both runs end with the same predictions."""
+    """The view choice fits a head per candidate; the chosen one (here a joined view, as
+    `make demo` chooses) is handed to the frozen strategy rather than fitted again. It scores
+    what the choice measured, a warm re-run (the choice remembered) fits it once, and both
+    runs end with the same predictions."""
     import automl_tl.candidates as candidates
     import automl_tl.logreg as logreg
     from automl_tl import AutoTransfer
+    from automl_tl.demo import write_digits
 
+    data = write_digits(tmp_path / "digits")  # the demo's 400 digits
     calls = {"choice": 0, "strategy": 0}
     real = logreg.fit_logreg
 
@@ -168,12 +178,16 @@ def test_a_cold_fit_fits_the_chosen_head_once_and_a_warm_refit_gets_the_same_hea
     runs = []
     for i in range(2):
         est = AutoTransfer(out=tmp_path / f"run{i}", cache_dir=tmp_path / "cache", quiet=True)
-        runs.append((est.fit(digits_dir), dict(calls)))
+        runs.append((est.fit(data), dict(calls)))
         calls.update(choice=0, strategy=0)
     (cold, cold_calls), (warm, warm_calls) = runs
+    assert "+" in cold.plan_.view  # a joined view: its columns come in stage order
     tried = len(cold.plan_.candidates)
     assert cold_calls == {"choice": tried, "strategy": 0}
     assert warm_calls == {"choice": 0, "strategy": 1}
+    measured = next(c for c in cold.plan_.candidates if c["view"] == cold.plan_.view)
+    accuracy = [r.metrics_["validation"]["accuracy"] for r in (cold, warm)]
+    assert accuracy == [measured["val_acc"]] * 2
     assert warm.plan_.view == cold.plan_.view
-    files = sorted(p for p in digits_dir.rglob("*.png"))
+    files = sorted(p for p in data.rglob("*.png"))
     np.testing.assert_array_equal(warm.predict(files), cold.predict(files))
