@@ -81,9 +81,10 @@ class Augment:
 AUGMENTS = {
     # A new head learns from scratch: strong crops and flips (the usual ImageNet recipe).
     "standard": Augment(),
-    # A warm-started head (automl_tl.lpft): crops close to the evaluation crop and no flip,
-    # so each cell of a pooled grid still sees what the head was fitted on (a flip moves
-    # left cells right; digits change meaning under it).
+    # Crops close to the evaluation crop and no flip, so each cell of a pooled grid still sees
+    # what a warm head was fitted on (a flip moves left cells right; digits change meaning
+    # under it). Measured for warm fine-tuning (benchmarks/warm_augment.py), which still
+    # trains without augmentation: this was not better on the full datasets.
     "gentle": Augment(scale=(0.75, 1.0), ratio=(0.9, 1.1), flip=False),
 }
 

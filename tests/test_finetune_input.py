@@ -132,8 +132,8 @@ def test_augmentation_is_a_function_of_seed_epoch_and_index(images):
 
 @pytest.mark.parametrize("policy,mirrors", [("standard", True), ("gentle", False)])
 def test_the_gentle_policy_never_mirrors_and_keeps_most_of_the_image(tmp_path, policy, mirrors):
-    """A warm-started head (lpft) trains on the gentle policy: crops of 75-100% of the image
-    near square and no flip. An image dark on the left, light on the right, over 40 epochs:
+    """The gentle policy (measured for warm fine-tuning): crops of 75-100% of the image near
+    square and no flip. An image dark on the left, light on the right, over 40 epochs:
     the standard policy mirrors some, the gentle one none, and its crops keep both halves."""
     arr = np.zeros((64, 64, 3), np.uint8)
     arr[:, 32:] = 255

@@ -106,15 +106,14 @@ def test_epoch_zero_of_a_joined_head_is_the_frozen_head_exactly(warm_setup):
 
 def test_warm_started_full_finetuning_keeps_the_objective_its_head_was_fitted_on(warm):
     """LP-FT trains the head it starts from on plain cross-entropy (its logreg objective), on
-    gentle crops without flips, at the backbone's rate with BatchNorm statistics frozen; under the
+    evaluation crops, at the backbone's rate with BatchNorm statistics frozen; under the
     default label smoothing the warm head's own loss would be far from its optimum."""
     from automl_tl.finetune import FinetuneConfig
     from automl_tl.lpft import warm_config
 
     base = FinetuneConfig()
     c = warm_config(base)
-    assert (c.label_smoothing, c.freeze_batchnorm, c.augment) == (0.0, True, True)
-    assert (c.augment_policy, base.augment_policy) == ("gentle", "standard")
+    assert (c.label_smoothing, c.freeze_batchnorm, c.augment) == (0.0, True, False)
     assert c.lr_head == c.lr_backbone == base.lr_backbone == 1e-4
     assert (base.label_smoothing, base.augment) == (0.1, True)  # a fresh head's defaults
     # the frozen head on real validation rows: far lower loss without smoothing
