@@ -199,8 +199,8 @@ class FeatureCache:
             self._compute(mine)
             self.stats.seconds += time.perf_counter() - t0
             self.stats.computed += len(mine)
-            if self.stats.computed >= RATE_MIN_IMAGES and self.stats.seconds > 0:
-                rate = self.stats.computed / self.stats.seconds
+            rate = self._measured_rate()
+            if rate is not None:
                 self.memo.put(_RATE_NAMESPACE, self.model_key, {"images_per_second": rate})
         if size > 1:
             torch.distributed.barrier()
@@ -213,11 +213,17 @@ class FeatureCache:
         """Images per second of this graph's embedding: this run's when it computed at least
         RATE_MIN_IMAGES rows, else the last such measurement in this cache folder (a warm
         run embeds nothing), else None."""
-        if self.stats.computed >= RATE_MIN_IMAGES and self.stats.seconds > 0:
-            return self.stats.computed / self.stats.seconds
+        rate = self._measured_rate()
+        if rate is not None:
+            return rate
         known = self.memo.get(_RATE_NAMESPACE, self.model_key)
         rate = known.get("images_per_second") if isinstance(known, dict) else None
         return float(rate) if isinstance(rate, int | float) and rate > 0 else None
+
+    def _measured_rate(self) -> float | None:
+        """This run's embedding rate, when it computed enough rows to time the graph."""
+        computed, seconds = self.stats.computed, self.stats.seconds
+        return computed / seconds if computed >= RATE_MIN_IMAGES and seconds > 0 else None
 
     def _compute(self, todo: list[Sample]) -> None:
         prep = self.spec.preprocessing
