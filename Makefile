@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-stamp
 TORCH_REQS := $(shell grep -oE '"torch(vision)?[<>=~!][^"]*"' pyproject.toml)
 # pip's ninja lands in the venv's bin; torch.utils.cpp_extension looks for it on PATH.
 BUILD_ENV  := PATH="$(abspath $(BIN)):$$PATH"
-CPU_SRCS   := setup.py $(wildcard csrc/*.cpp csrc/cpu/*.cpp)
+CPU_SRCS   := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp)
 
 .PHONY: demo test lint bench cuda clean
 
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml $(CPU_SRCS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet 'setuptools>=68' wheel ninja $(TORCH_REQS)
 	$(BUILD_ENV) $(BIN)/python -m pip install --quiet --no-build-isolation -e '.[dev,lite,timm]'
-	$(BIN)/python -c "import automl_tl.ops as o; print('automl-tl ops backend:', o.backend(), '-', o.backend_detail())"
+	$(BIN)/python -c "import automl_tl.features.ops as o; print('automl-tl ops backend:', o.backend(), '-', o.backend_detail())"
 	touch $(STAMP)
 
 # Compile the CUDA kernels too (sm_90) into build/cuda, leaving the venv's CPU build alone,
@@ -43,8 +43,8 @@ for op in ("quantize_fp16", "quantize_int8", "gather_dequantize"):
     print(f"  automl_tl::{op}: kernels for {', '.join(keys)}")
     assert keys == ["CPU", "CUDA"], keys
 print(torch._C._dispatch_dump("automl_tl::gather_dequantize").strip())
-import automl_tl.ops as o
-print("automl_tl.ops.backend():", o.backend(), "-", o.backend_detail())
+import automl_tl.features.ops as o
+print("automl_tl.features.ops.backend():", o.backend(), "-", o.backend_detail())
 print("CUDA kernels registered; GPU present:", torch.cuda.is_available())
 endef
 export CUDA_CHECK

@@ -35,13 +35,10 @@ from pathlib import Path
 import numpy as np
 
 from automl_tl import AutoTransfer
-from automl_tl.backbone import FeatureExtractor
-from automl_tl.banks import build_bank
-from automl_tl.embed import embed
-from automl_tl.inference import expand_paths
-from automl_tl.planner import Thresholds
-from automl_tl.plugins import get_plugins
-from automl_tl.similarity import (
+from automl_tl.data.files import expand_paths
+from automl_tl.decide.banks import build_bank
+from automl_tl.decide.profile import Thresholds
+from automl_tl.decide.similarity import (
     BNDriftRecorder,
     SourceBank,
     classifier_bank,
@@ -49,6 +46,9 @@ from automl_tl.similarity import (
     classifier_space,
     nn_similarity,
 )
+from automl_tl.features.embed import embed
+from automl_tl.features.extractor import FeatureExtractor
+from automl_tl.plugins.manager import get_plugins
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 DATASETS = ("hymenoptera_data", "flowers5", "chest_xray", "mnist")
@@ -67,7 +67,7 @@ def _image_bank(root: Path, backbone: str, path: Path | None, rebuild: bool):
         if same and len(bank.vectors) == n_files:
             return path, bank, 0.0
     t0 = time.perf_counter()
-    path, bank = build_bank(folder, backbone, out=path)
+    path, bank = build_bank(folder, get_plugins().backbone(backbone), out=path)
     return path, bank, time.perf_counter() - t0
 
 

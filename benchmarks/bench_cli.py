@@ -117,7 +117,7 @@ def main() -> int:
             images = _images(data / "val", 8)
         else:
             rows.append(("warm re-fit of hymenoptera_data", f"skipped: {data} is absent"))
-            from automl_tl.demo import write_digits
+            from automl_tl.data.demo import write_digits
 
             digits = write_digits(tmp / "digits", per_class=16, digits=(0, 1, 7))
             _, out = _timed(

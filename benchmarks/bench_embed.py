@@ -27,12 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from automl_tl.backbone import FeatureExtractor
-from automl_tl.decode import jpeg_info, load_image, uses_torchvision
-from automl_tl.embed import embed, iter_batches
-from automl_tl.inference import expand_paths
-from automl_tl.plugins import get_plugins
-from automl_tl.runtime import TorchRunner, available_cores, make_runner, pick_batch_size
+from automl_tl.core.machine import available_cores, pick_batch_size
+from automl_tl.data.batches import iter_batches
+from automl_tl.data.decode import jpeg_info, load_image, uses_torchvision
+from automl_tl.data.files import expand_paths
+from automl_tl.features.embed import embed
+from automl_tl.features.extractor import FeatureExtractor
+from automl_tl.features.runners import TorchRunner, make_runner
+from automl_tl.plugins.manager import get_plugins
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 SKEW_SETS = ("hymenoptera_data", "flowers5", "chest_xray")

@@ -11,7 +11,7 @@ Methods (one entry each in METHODS; another method is one more function and entr
              input size chosen from the images (imagedata.choose_input, as fit does)
   full-new-fixed   full-new at the backbone's own input size (separates the two effects)
   partial    the top 2 stages trained on cached maps of the stage below them, warm-started
-             from a linear probe (automl_tl.partial; setup = caching the maps, in the budget)
+             from a linear probe (automl_tl.train.tune_top; setup = caching the maps, in the budget)
 
 Each method gets `--budget` seconds of wall time, from building the model (and decoding its
 store) to its last optimiser step; the learning rate warms up over the first 10% of the budget
@@ -42,19 +42,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from automl_tl import finetune as ft
-from automl_tl.console import Console
-from automl_tl.imagedata import (
-    EvalImages,
-    ImageDataset,
-    choose_input,
-    class_weights,
-    make_loader,
-    mix_seed,
-)
-from automl_tl.inference import expand_paths
-from automl_tl.plugins import get_plugins
-from automl_tl.preprocess import Preprocessing
+from automl_tl.core.console import Console
+from automl_tl.data.files import expand_paths
+from automl_tl.data.images import EvalImages, ImageDataset, class_weights, make_loader, mix_seed
+from automl_tl.data.input_size import choose_input
+from automl_tl.data.preprocess import Preprocessing
+from automl_tl.plugins.manager import get_plugins
+from automl_tl.train import tune_full as ft
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "hymenoptera_data"
 _HELDOUT = ("val", "valid", "validation", "test")
@@ -222,7 +216,7 @@ def full_new_fixed(task: Task) -> dict:
 
 
 def partial(task: Task, depth: int = 2) -> dict:
-    """The top `depth` stages trained on cached maps (automl_tl.partial), warm-started from a
+    """The top `depth` stages trained on cached maps (automl_tl.train.tune_top), warm-started from a
     logistic regression on the last stage pooled (what the full methods fine-tune). Setup
     counts against the budget: one onnxruntime pass over train + validation storing the
     pooled last stage and the map below the trained stages (a fresh temporary cache), and
@@ -231,11 +225,13 @@ def partial(task: Task, depth: int = 2) -> dict:
     import shutil
     import tempfile
 
-    from automl_tl.candidates import frozen_views
-    from automl_tl.data import Sample, _digest
-    from automl_tl.features import FeatureCache
-    from automl_tl.logreg import fit_logreg
-    from automl_tl.partial import PartialConfig, map_view, step_rate, top_model, train_top
+    from automl_tl.data.audit import _digest
+    from automl_tl.data.files import Sample
+    from automl_tl.features.cache import FeatureCache
+    from automl_tl.features.views import frozen_views
+    from automl_tl.train.logreg import fit_logreg
+    from automl_tl.train.tune_top import PartialConfig, step_rate, train_top
+    from automl_tl.train.tune_top_model import map_view, top_model
 
     start = time.perf_counter()
     spec = task.spec

@@ -31,8 +31,8 @@ def tutorial_loop(data: Path, epochs: int, batch_size: int, workers: int) -> dic
     """Frozen backbone + new linear layer, the backbone re-run on every image of every epoch."""
     from torchvision import datasets, transforms
 
-    from automl_tl.backbone import FeatureExtractor
-    from automl_tl.plugins import get_plugins
+    from automl_tl.features.extractor import FeatureExtractor
+    from automl_tl.plugins.manager import get_plugins
 
     spec = get_plugins().backbone("efficientnet_lite0")
     prep = spec.preprocessing
@@ -110,8 +110,8 @@ def onnx_vs_eager(est, files: list[Path], batch_size: int, repeats: int = 3) -> 
     same pre-decoded batches, alternating to share the machine's load fairly."""
     import onnxruntime as ort
 
-    from automl_tl.embed import iter_batches
-    from automl_tl.export import ort_providers
+    from automl_tl.core.machine import ort_providers
+    from automl_tl.data.batches import iter_batches
 
     batches = list(iter_batches(files, est.spec_.preprocessing, batch_size))
     opts = ort.SessionOptions()
@@ -138,7 +138,7 @@ def onnx_vs_eager(est, files: list[Path], batch_size: int, repeats: int = 3) -> 
 def cache_bytes_per_value(cache_dir: Path) -> dict:
     """Bytes on disk per stored feature value (shard headers and int8 scales included),
     per storage dtype, over every stage the fits stored."""
-    from automl_tl.cache import FeatureStore
+    from automl_tl.features.store import FeatureStore
 
     totals: dict[str, list[int]] = {}
     for space in FeatureStore(cache_dir).info()["spaces"]:

@@ -1,4 +1,4 @@
-"""Head training on cached features: automl-tl's head (automl_tl.logreg: L2 logistic
+"""Head training on cached features: automl-tl's head (automl_tl.train.logreg: L2 logistic
 regression solved by L-BFGS for each C of its grid, strong to weak with warm starts, the best
 on validation kept) against a tuned scikit-learn LogisticRegression (lbfgs after
 StandardScaler, one fit per C of the same grid, the best on validation kept) on the same
@@ -28,9 +28,11 @@ DEFAULT_DATA = [SHARED / "hymenoptera_data", SHARED / "flowers5", SHARED / "ches
 
 def load_features(data: Path, cache_dir: Path | None, stage: str):
     """(rows_train, y_train, rows_val, y_val, classes) from the feature cache."""
-    from automl_tl.data import audit, scan, split
-    from automl_tl.features import FeatureCache
-    from automl_tl.plugins import get_plugins
+    from automl_tl.data.audit import audit
+    from automl_tl.data.scan import scan
+    from automl_tl.data.split import split
+    from automl_tl.features.cache import FeatureCache
+    from automl_tl.plugins.manager import get_plugins
 
     report = audit(scan(data))
     train, val, _ = split(report.samples, 0.2, 0)
@@ -50,7 +52,7 @@ def load_features(data: Path, cache_dir: Path | None, stage: str):
 
 
 def ours(rows_train, y_train, rows_val, y_val, k: int) -> tuple[float, float, str]:
-    from automl_tl.logreg import fit_logreg
+    from automl_tl.train.logreg import fit_logreg
 
     t = time.perf_counter()
     res = fit_logreg(rows_train, y_train, rows_val, y_val, k)
@@ -59,7 +61,8 @@ def ours(rows_train, y_train, rows_val, y_val, k: int) -> tuple[float, float, st
 
 
 def adamw(rows_train, y_train, rows_val, y_val, k: int) -> tuple[float, float, str]:
-    from automl_tl.train import HeadConfig, train_head
+    from automl_tl.core.contract import HeadConfig
+    from automl_tl.train.heads import train_head
 
     t = time.perf_counter()
     res = train_head(rows_train, y_train, rows_val, y_val, k, HeadConfig(batch_size=None))
@@ -72,7 +75,7 @@ def sklearn_tuned(x_train, y_train, x_val, y_val) -> tuple[float, float, str]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    from automl_tl.logreg import DEFAULT_CS
+    from automl_tl.train.logreg import DEFAULT_CS
 
     t = time.perf_counter()
     scaler = StandardScaler().fit(x_train)

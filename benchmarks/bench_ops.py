@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/bench_ops.py [--threads 2] [--markdown docs/ops_bench.md]
 
-Both sides are called through their public Python functions (`automl_tl.ops.gather_dequantize`
-vs `ref_gather_dequantize`, ...), the way training calls them.
+Both sides are called through their public Python functions
+(`automl_tl.features.ops.gather_dequantize` vs `ref_gather_dequantize`, ...), the way training
+calls them.
 Calls of the two alternate one by one and the median call time is reported (microseconds),
 with the ratio reference / compiled (> 1: compiled is faster).
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from automl_tl import ops
+from automl_tl.features import ops
 
 
 def _median_us(fns: list[Callable[[], object]], samples: int) -> list[float]:

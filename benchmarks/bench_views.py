@@ -17,12 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from automl_tl.backbone import FeatureExtractor
-from automl_tl.candidates import frozen_views
-from automl_tl.embed import iter_batches
-from automl_tl.inference import expand_paths
-from automl_tl.plugins import get_plugins
-from automl_tl.runtime import export_stages, make_runner
+from automl_tl.data.batches import iter_batches
+from automl_tl.data.files import expand_paths
+from automl_tl.features.extractor import FeatureExtractor
+from automl_tl.features.runners import make_runner
+from automl_tl.features.stage_graph import export_stages
+from automl_tl.features.views import frozen_views
+from automl_tl.plugins.manager import get_plugins
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "hymenoptera_data"
 

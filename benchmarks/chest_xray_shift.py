@@ -24,12 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from automl_tl.candidates import select_view
-from automl_tl.console import Console
-from automl_tl.data import audit, scan, split
-from automl_tl.features import FeatureCache
-from automl_tl.logreg import as_float_rows, fit_logreg
-from automl_tl.plugins import get_plugins
+from automl_tl.core.console import Console
+from automl_tl.data.audit import audit
+from automl_tl.data.scan import scan
+from automl_tl.data.split import split
+from automl_tl.decide.candidates import select_view
+from automl_tl.features.cache import FeatureCache
+from automl_tl.plugins.manager import get_plugins
+from automl_tl.train.logreg import as_float_rows, fit_logreg
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "chest_xray"
 

@@ -3,7 +3,7 @@
     python benchmarks/frozen_choice.py [--datasets hymenoptera_data,flowers5,...] [--out FILE]
 
 For each dataset: the fit's own split (validation carved from train when there is no val/
-folder, test/ kept apart), the view the fit chooses (automl_tl.candidates.choose_view, on the
+folder, test/ kept apart), the view the fit chooses (automl_tl.decide.candidates.choose_view, on the
 validation split), then a head for EVERY view (stage x pooling grid, and the joined view of
 the leading stages; C chosen on validation) scored on the test split, or on validation where
 the dataset has no test split. Printed per dataset: the chosen view and its score, the best
@@ -28,12 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from automl_tl.candidates import choose_view
-from automl_tl.console import Console
-from automl_tl.data import audit, scan, split
-from automl_tl.features import FeatureCache
-from automl_tl.logreg import fit_logreg
-from automl_tl.plugins import get_plugins
+from automl_tl.core.console import Console
+from automl_tl.data.audit import audit
+from automl_tl.data.scan import scan
+from automl_tl.data.split import split
+from automl_tl.decide.candidates import choose_view
+from automl_tl.features.cache import FeatureCache
+from automl_tl.plugins.manager import get_plugins
+from automl_tl.train.logreg import fit_logreg
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 DEFAULT = "demo-digits,hymenoptera_data,flowers5,chest_xray,mnist"
@@ -79,7 +81,7 @@ def _raw_pixels(samples, size: int = 16) -> np.ndarray:
 
 def _dataset(name: str, tmp: Path) -> Path | None:
     if name == "demo-digits":
-        from automl_tl.demo import write_digits
+        from automl_tl.data.demo import write_digits
 
         return write_digits(tmp / "demo-digits")
     path = SHARED / name

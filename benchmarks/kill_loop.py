@@ -228,7 +228,7 @@ def check_model(run_dir: Path, predict_dir: Path) -> list[str]:
 
 def checkpoint_epoch(run_dir: Path) -> int | str:
     """Epoch of the fine-tuning checkpoint in `run_dir` (0: none), or why it is unreadable."""
-    from automl_tl.checkpoints import CheckpointError, load_checkpoint
+    from automl_tl.train.checkpoints import CheckpointError, load_checkpoint
 
     path = run_dir / "checkpoints" / "pretrained" / "finetune.pt"
     if not path.exists():
@@ -310,7 +310,7 @@ class Scenario:
 def make_scenarios(work: Path) -> dict[str, Scenario]:
     """Digits data (10 classes x 80 for embedding, all ~1800 for head training so its epochs
     take a while, 3 x 10 for fine-tuning), one private cache, a fixed --out per scenario."""
-    from automl_tl.demo import write_digits
+    from automl_tl.data.demo import write_digits
 
     data = {
         "embed": write_digits(work / "digits800", per_class=80),

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from automl_tl import AutoTransfer
-from automl_tl.inference import expand_paths
+from automl_tl.data.files import expand_paths
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "hymenoptera_data"
 CASES = (1, 2, 3, 4)

@@ -51,7 +51,7 @@ def main() -> int:
     args = ap.parse_args()
     import torch
 
-    from automl_tl import ops
+    from automl_tl.features import ops
 
     parts = [
         "# Benchmark results",

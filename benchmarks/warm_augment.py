@@ -24,7 +24,7 @@ from pathlib import Path
 
 
 def subset(src: Path, dst: Path, n_train: int, n_val: int) -> Path:
-    from automl_tl.inference import expand_paths
+    from automl_tl.data.files import expand_paths
 
     for cls in sorted(d for d in (src / "train").iterdir() if d.is_dir()):
         files = sorted(expand_paths([cls]))
@@ -37,7 +37,7 @@ def subset(src: Path, dst: Path, n_train: int, n_val: int) -> Path:
 
 
 def run(data: Path, policy: str, epochs: int, cache: Path, out: Path) -> dict:
-    import automl_tl.lpft as lpft
+    import automl_tl.train.tune as lpft
     from automl_tl import AutoTransfer
 
     base = lpft.warm_config

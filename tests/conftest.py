@@ -5,21 +5,37 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from automl_tl.demo import write_digits
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+from automl_tl.data.demo import write_digits
 
 
-def shared_dataset(name: str) -> Path:
-    """Path of a dataset in ../shared/datasets, or skip the test with the reason."""
-    path = SHARED / name
-    if not path.is_dir():
-        pytest.skip(f"real dataset {path} is absent (it lives beside the checkout in shared/)")
-    return path
+def pytest_addoption(parser):
+    parser.addoption(
+        "--clock-scale",
+        type=float,
+        default=None,
+        help="scale time.perf_counter and time.monotonic in the test process by this factor: "
+        "the machine then seems that many times slower (> 1) or faster (< 1) to every timing",
+    )
+
+
+@pytest.fixture(autouse=True)
+def scaled_clock(request, monkeypatch):
+    """With --clock-scale F, every duration the engine measures in this process is F times
+    what it was: a test that depends on how fast the machine is fails under one F or another."""
+    factor = request.config.getoption("--clock-scale")
+    if factor:
+        for name in ("perf_counter", "monotonic"):
+            real = getattr(time, name)
+            start = real()
+            monkeypatch.setattr(
+                time, name, lambda real=real, start=start: start + (real() - start) * factor
+            )
+    yield
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -5,11 +5,11 @@ import sys
 import numpy as np
 import torch
 
-from automl_tl.backbone import FeatureExtractor
-from automl_tl.distributed import init_distributed
-from automl_tl.embed import embed
-from automl_tl.inference import expand_paths
-from automl_tl.plugins import get_plugins
+from automl_tl.core.distributed import init_distributed
+from automl_tl.data.files import expand_paths
+from automl_tl.features.embed import embed
+from automl_tl.features.extractor import FeatureExtractor
+from automl_tl.plugins.manager import get_plugins
 
 if __name__ == "__main__":
     folder, out = sys.argv[1], sys.argv[2]

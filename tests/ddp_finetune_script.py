@@ -12,86 +12,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from unittest import mock
 
 import torch
-from torch import nn
 
-from automl_tl import finetune as ft
-from automl_tl.backbone import FeatureExtractor
-from automl_tl.export import ExportModel
-from automl_tl.preprocess import Preprocessing
-from automl_tl.train import LinearHead
+from automl_tl.core.distributed import init_distributed
+from automl_tl.train import tune_full as ft
+from automl_tl.train import tune_full_run
 
-TINY_PREP = Preprocessing(crop_size=32, resize_size=36)
-
-
-class TinyNet(nn.Module):
-    """Two conv stages with BatchNorm, plus an unused 'source classifier' like real backbones.
-
-    BatchNorm momentum 0.5: with a few steps per epoch the running statistics catch up fast.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.stages = nn.ModuleList(
-            [
-                nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8, momentum=0.5), nn.ReLU()),
-                nn.Sequential(
-                    nn.Conv2d(8, 16, 3, 2, 1), nn.BatchNorm2d(16, momentum=0.5), nn.ReLU()
-                ),
-            ]
-        )
-        self.classifier = nn.Linear(16, 5)
-
-    def forward_stages(self, x: torch.Tensor, upto: int) -> list[torch.Tensor]:
-        maps = []
-        for stage in self.stages[: upto + 1]:
-            x = stage(x)
-            maps.append(x)
-        return maps
-
-
-def tiny_model(n_classes: int, seed: int = 0) -> ExportModel:
-    """A randomly initialised (seeded) tiny ExportModel taking 32x32 inputs."""
-    torch.manual_seed(seed)
-    net = TinyNet()
-    head = LinearHead(torch.zeros(16).numpy(), torch.ones(16).numpy(), n_classes, dropout=0.1)
-    return ExportModel(FeatureExtractor(net, TINY_PREP, 1), head)
-
-
-def split_items(folder: Path, val_per_class: int = 4):
-    """Folder-per-class -> (train, val) lists of (path, label index), the last files to val."""
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    train, val = [], []
-    for label, name in enumerate(classes):
-        files = sorted((folder / name).glob("*.png"))
-        train += [(f, label) for f in files[:-val_per_class]]
-        val += [(f, label) for f in files[-val_per_class:]]
-    return train, val, classes
-
-
-TINY_CONFIG = ft.FinetuneConfig(
-    epochs=8,
-    patience=8,
-    batch_size=8,
-    lr_head=1e-2,
-    lr_backbone=1e-2,
-    weight_decay=1e-4,
-    warmup_epochs=1,
-    label_smoothing=0.0,
-    num_workers=0,
-    augment=False,
-)
+if __package__ in (None, ""):  # run as a script (torchrun): make the `tests` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.helpers import TINY_CONFIG, TINY_PREP, split_items, tiny_model  # noqa: E402
 
 
 def run(data: Path, out: Path, epochs: int = TINY_CONFIG.epochs) -> dict:
     """Fine-tune the tiny model on `data` in this process (one rank of a group, or alone);
     write OUT/rank<r>.json and log every checkpoint write's rank to OUT/writers.log."""
-    rank, world = ft.init_distributed()
+    rank, world = init_distributed()
     out.mkdir(parents=True, exist_ok=True)
-    write = ft.write_checkpoint
+    write = tune_full_run.write_checkpoint
 
     def logged_write(path, payload):
         with open(out / "writers.log", "a") as fh:
@@ -101,7 +42,7 @@ def run(data: Path, out: Path, epochs: int = TINY_CONFIG.epochs) -> dict:
     train, val, classes = split_items(data)
     config = ft.FinetuneConfig(**{**TINY_CONFIG.to_dict(), "epochs": epochs})
     model = tiny_model(len(classes))
-    with mock.patch.object(ft, "write_checkpoint", logged_write):
+    with mock.patch.object(tune_full_run, "write_checkpoint", logged_write):
         result = ft.finetune(model, train, val, len(classes), TINY_PREP, config, out / "ckpt")
     checksum = float(sum(p.double().sum() for p in result.model.state_dict().values()))
     summary = {

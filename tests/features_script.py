@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from automl_tl.data import audit, scan
-from automl_tl.features import FeatureCache
-from automl_tl.plugins import get_plugins
+from automl_tl.data.audit import audit
+from automl_tl.data.scan import scan
+from automl_tl.features.cache import FeatureCache
+from automl_tl.plugins.manager import get_plugins
 
 
 def main() -> None:

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from automl_tl.inference import IMAGE_SUFFIXES
-from automl_tl.preprocess import load_rgb
+from automl_tl.data.files import IMAGE_SUFFIXES
+from automl_tl.data.preprocess import load_rgb
 
 __all__ = ["Kind", "KINDS", "noise", "write_good", "outside_dir"]
 

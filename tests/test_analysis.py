@@ -13,23 +13,15 @@ import pytest
 import torch
 from torch import nn
 
-from automl_tl.analysis import stratified_subset
-from automl_tl.backbone import FeatureExtractor
-from automl_tl.data import Sample
-from automl_tl.demo import write_digits
-from automl_tl.embed import embed
-from automl_tl.errors import AutoTLError
-from automl_tl.planner import (
-    _CASE_OF,
-    DatasetProfile,
-    Thresholds,
-    _choose_cut,
-    add_verdicts,
-    make_plan,
-)
-from automl_tl.plugins import get_plugins
-from automl_tl.probe import knn_loo_accuracy, probe_stages
-from automl_tl.similarity import (
+from automl_tl.core.contract import HeadConfig
+from automl_tl.core.errors import AutoTLError
+from automl_tl.data.demo import write_digits
+from automl_tl.data.files import Sample
+from automl_tl.data.split import stratified_subset
+from automl_tl.decide.planner import _CASE_OF, _choose_cut, make_plan
+from automl_tl.decide.probes import knn_loo_accuracy, probe_stages
+from automl_tl.decide.profile import DatasetProfile, Thresholds, add_verdicts
+from automl_tl.decide.similarity import (
     DRIFT_THRESHOLD,
     BNDriftRecorder,
     SourceBank,
@@ -38,11 +30,10 @@ from automl_tl.similarity import (
     conformal_pvalues,
     nn_similarity,
 )
-from automl_tl.train import HeadConfig
-from tests.conftest import shared_dataset
-from tests.test_cli import assert_one_line_error, run
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+from automl_tl.features.embed import embed
+from automl_tl.features.extractor import FeatureExtractor
+from automl_tl.plugins.manager import get_plugins
+from tests.helpers import IMAGE_SUFFIXES, assert_one_line_error, run, shared_dataset
 
 
 @pytest.fixture(scope="module")
@@ -512,8 +503,10 @@ def test_analyze_json_reports_the_profile_and_plan(digits, spec):
     names = [s.name for s in spec.stages]
     prof = plan["profile"]
     assert prof["images"] == 30 and prof["classes"] == 3 and prof["size"] == "small"
-    assert prof["similar"] in ("similar", "different")
-    assert plan["case"] == (1 if prof["similar"] == "similar" else 2)
+    # digits are far from ImageNet photos: every piece of evidence says so (p-value 0.03,
+    # BatchNorm drift 0.67 against 0.125)
+    assert prof["similar"] == "different"
+    assert plan["case"] == 2  # small + different
     assert list(prof["probes"]) == names and prof["probe_n"] == 30
     assert all(0 <= v <= 1 for v in prof["probes"].values())
     assert list(prof["bn_drift"]) == names
@@ -553,7 +546,7 @@ def test_bank_of_another_backbone_is_refused(digits, tmp_path):
 def test_classifier_bank_space_for_non_linear_source_classifiers(name):
     """MobileNetV3's classifier has a hidden layer and ConvNeXt's a LayerNorm: the class
     vectors are compared with the last linear layer's input, not the pooled features."""
-    from automl_tl.similarity import classifier_bank, classifier_space, nn_similarity
+    from automl_tl.decide.similarity import classifier_bank, classifier_space, nn_similarity
 
     spec = get_plugins().backbone(name)
     net = spec.build(pretrained=False)

@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 from automl_tl import AutoTransfer
-from automl_tl.errors import NotFittedError
+from automl_tl.core.errors import NotFittedError
 
 
 def test_init_stores_arguments_only():

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from automl_tl.backbone import FeatureExtractor, Stage, load_state_dict_file
-from automl_tl.errors import BackboneError
-from automl_tl.plugins import get_plugins
-from automl_tl.preprocess import batch_to_float, load_for_model
-from tests.conftest import shared_dataset
+from automl_tl.core.contract import Stage
+from automl_tl.core.errors import BackboneError
+from automl_tl.data.preprocess import batch_to_float, load_for_model
+from automl_tl.features.extractor import FeatureExtractor
+from automl_tl.plugins.manager import get_plugins
+from automl_tl.plugins.weights import load_state_dict_file
+from tests.helpers import shared_dataset
 
 
 @pytest.fixture(scope="module")

@@ -6,19 +6,22 @@ hub cache) are tested with them; the others with random initialisation.
 
 from __future__ import annotations
 
-import math
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from automl_tl.backbone import FeatureExtractor
-from automl_tl.default_plugins.torchvision_backbones import TORCHVISION_BACKBONES
-from automl_tl.errors import BackboneError
-from automl_tl.export import ExportModel, check_parity, export_onnx
-from automl_tl.plugins import get_plugins
-from automl_tl.weights import ALLOW_DOWNLOAD_ENV
+from automl_tl.core.errors import BackboneError
+from automl_tl.export.check import check_parity
+from automl_tl.export.onnx import export_onnx
+from automl_tl.features.extractor import FeatureExtractor
+from automl_tl.plugin import BackboneNet, Stage, check_backbone
+from automl_tl.plugins.builtin.torchvision_backbones import TORCHVISION_BACKBONES
+from automl_tl.plugins.manager import get_plugins
+from automl_tl.plugins.weights import ALLOW_DOWNLOAD_ENV
+from automl_tl.train.model import ExportModel
 
 NAMES = sorted(get_plugins().backbones)
 
@@ -49,57 +52,23 @@ def test_every_builtin_backbone_is_registered():
     assert set(NAMES) >= {"efficientnet_lite0", *TORCHVISION_BACKBONES}
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_stage_names_unique_and_strides_non_decreasing(name):
-    spec = get_plugins().backbone(name)
-    names = [s.name for s in spec.stages]
-    strides = [s.stride for s in spec.stages]
-    assert spec.stages and len(set(names)) == len(names)
-    assert strides == sorted(strides) and strides[0] >= 1
-    assert all(s.width > 0 for s in spec.stages)
-    assert spec.source_domain and spec.preprocessing.crop_size <= spec.preprocessing.resize_size
-
-
-def test_stage_maps_match_declared_widths_and_strides(backbone):
+def test_every_backbone_keeps_the_contract(backbone):
+    """automl_tl.plugin.check_backbone: the stage table against real maps, the BackboneNet
+    protocol, eval mode, forward_from continuing forward_stages exactly where offered, and
+    the declared parameter count."""
     spec, net = backbone
-    last = len(spec.stages) - 1
-    x = _batch(spec)
-    with torch.inference_mode():
-        feats = FeatureExtractor(net, spec.preprocessing, last).stage_features(x)
-        maps = net.forward_stages(_normalise(spec, x), last)
-    assert [f.shape for f in feats] == [(2, s.width) for s in spec.stages]
-    crop = spec.preprocessing.crop_size
-    for i, (m, stage) in enumerate(zip(maps, spec.stages, strict=True)):
-        side = math.ceil(crop / stage.stride)
-        # Only the last stage may be a global 1x1 map (ViT's class token).
-        allowed = [(side, side), (1, 1)] if i == last else [(side, side)]
-        assert tuple(m.shape[2:]) in allowed, (stage, tuple(m.shape))
+    check_backbone(spec, net)
+    assert isinstance(net, BackboneNet)
+    assert spec.parameters == sum(p.numel() for p in net.parameters())
 
 
-def test_middle_cut_returns_that_stages_width(backbone):
+def test_the_contract_check_names_what_is_broken(backbone):
     spec, net = backbone
-    mid = len(spec.stages) // 2
-    with torch.inference_mode():
-        maps = net.forward_stages(_normalise(spec, _batch(spec)), mid)
-        feats = FeatureExtractor(net, spec.preprocessing, mid)(_batch(spec))
-    assert len(maps) == mid + 1  # stops at the cut
-    assert feats.shape == (2, spec.stages[mid].width)
-
-
-def test_forward_from_continues_forward_stages_exactly(backbone):
-    """Where a backbone offers forward_from (fine-tuning the top stages on cached maps), the
-    maps it computes from stage k's map are the ones forward_stages computes in one pass."""
-    spec, net = backbone
-    if not hasattr(net, "forward_from"):
-        pytest.skip(f"{spec.name} has no forward_from: it is fine-tuned whole")
-    last = len(spec.stages) - 1
-    with torch.inference_mode():
-        maps = net.forward_stages(_normalise(spec, _batch(spec)), last)
-        for after in (0, last // 2, last - 1):
-            rest = net.forward_from(maps[after], after, last)
-            assert len(rest) == last - after
-            for got, want in zip(rest, maps[after + 1 :], strict=True):
-                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    wrong = dataclasses.replace(spec, stages=(*spec.stages[:-1], Stage("last", 7, 32)))
+    with pytest.raises(AssertionError, match="stage 'last' declared 7 x"):
+        check_backbone(wrong, net)
+    with pytest.raises(AssertionError, match="declares 1 parameters"):
+        check_backbone(dataclasses.replace(spec, parameters=1), net)
 
 
 def test_default_backbone_trains_from_cached_maps():
@@ -171,7 +140,7 @@ def _assert_loaded(net: nn.Module, state: dict) -> None:
 
 
 def test_random_init_touches_no_file(resnet18, offline, monkeypatch):
-    import automl_tl.default_plugins.torchvision_backbones as tvb
+    import automl_tl.plugins.builtin.torchvision_backbones as tvb
 
     def no_lookup(*args, **kwargs):
         raise AssertionError("weights were looked up")

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from automl_tl.hookspecs import hookimpl
-from automl_tl.plugins import load_plugins
+from automl_tl.plugins.hookspecs import hookimpl
+from automl_tl.plugins.manager import load_plugins
 
 HEAVY = ("torch", "torchvision", "timm", "sklearn", "onnx", "onnxruntime", "faiss", "numpy")
 
@@ -41,7 +41,7 @@ def test_help_lists_plugin_commands_without_heavy_imports():
 
 
 def test_loading_plugins_imports_nothing_heavy_until_specs_are_used():
-    run = _modules_after("from automl_tl.plugins import get_plugins\nget_plugins()\n")
+    run = _modules_after("from automl_tl.plugins.manager import get_plugins\nget_plugins()\n")
     assert run["imported"] == []
     # Registering the built-in backbones builds no network and reads declared tables:
     # neither torchvision's model zoo (torch._dynamo) nor timm is imported.
@@ -69,7 +69,7 @@ def test_torchvision_table_matches_torchvision_weights():
     pytest.importorskip("torchvision")
     from torchvision.models import get_model_weights
 
-    from automl_tl.default_plugins import torchvision_backbones as tvb
+    from automl_tl.plugins.builtin import torchvision_backbones as tvb
 
     for name in tvb.TORCHVISION_BACKBONES:
         default = get_model_weights(name).DEFAULT
@@ -82,7 +82,7 @@ def test_torchvision_table_matches_torchvision_weights():
 
 def test_timm_table_matches_timm_pretrained_cfg():
     timm = pytest.importorskip("timm")
-    from automl_tl.default_plugins import timm_backbones as tb
+    from automl_tl.plugins.builtin import timm_backbones as tb
 
     for timm_name, stages in tb._MODELS.items():
         cfg = timm.models.get_pretrained_cfg(timm_name)
@@ -94,8 +94,8 @@ def test_timm_table_matches_timm_pretrained_cfg():
 def test_efficientnet_lite_stages_match_the_built_network():
     from efficientnet_lite_pytorch import EfficientNet
 
-    from automl_tl.default_plugins import efficientnet_lite as lite
-    from automl_tl.default_plugins._efficientnet_lite_net import LiteStages, derive_stages
+    from automl_tl.plugins.builtin import efficientnet_lite as lite
+    from automl_tl.plugins.builtin._efficientnet_lite_net import LiteStages, derive_stages
 
     for name in lite._VARIANTS:
         net = LiteStages(EfficientNet.from_name(name.replace("_", "-")))
@@ -110,7 +110,7 @@ def test_classification_metrics_agree_with_scikit_learn():
     import numpy as np
     from sklearn import metrics
 
-    from automl_tl.evaluate import classification_metrics
+    from automl_tl.core.stats import classification_metrics
 
     rng = np.random.default_rng(0)
     for case in range(60):
@@ -139,7 +139,7 @@ def test_classification_metrics_agree_with_scikit_learn():
 def test_estimator_params_work_with_sklearn_clone():
     from sklearn.base import clone
 
-    from automl_tl.api import AutoTransfer
+    from automl_tl.estimator import AutoTransfer
 
     est = AutoTransfer(epochs=7, seed=3)
     twin = clone(est)
@@ -156,12 +156,13 @@ def composed(tmp_path_factory, digits_dir):
     import numpy as np
     import torch
 
-    from automl_tl.backbone import FeatureExtractor
-    from automl_tl.export import ExportModel, compose_onnx
-    from automl_tl.plugins import get_plugins
-    from automl_tl.preprocess import batch_to_float, load_for_model
-    from automl_tl.runtime import export_stages
-    from automl_tl.train import LinearHead
+    from automl_tl.data.preprocess import batch_to_float, load_for_model
+    from automl_tl.export.onnx import compose_onnx
+    from automl_tl.features.extractor import FeatureExtractor
+    from automl_tl.features.stage_graph import export_stages
+    from automl_tl.plugins.manager import get_plugins
+    from automl_tl.train.heads import LinearHead
+    from automl_tl.train.model import ExportModel
 
     spec = get_plugins().backbone("efficientnet_lite0")
     net = spec.build()
@@ -180,7 +181,7 @@ def composed(tmp_path_factory, digits_dir):
 
 
 def test_composed_check_passes_on_the_model_it_was_built_from(composed):
-    from automl_tl.export import check_parity
+    from automl_tl.export.check import check_parity
 
     model, path, batch, cut = composed
     result = check_parity(model, path, batch, stage_output=f"stage{cut}")
@@ -192,8 +193,8 @@ def test_composed_check_catches_a_wrong_head_and_a_wrong_backbone(composed):
 
     import torch
 
-    from automl_tl.errors import ExportError
-    from automl_tl.export import check_parity
+    from automl_tl.core.errors import ExportError
+    from automl_tl.export.check import check_parity
 
     model, path, batch, cut = composed
     other = copy.deepcopy(model)
@@ -214,8 +215,8 @@ def test_composed_check_against_cached_features(composed):
     import numpy as np
     import torch
 
-    from automl_tl.errors import ExportError
-    from automl_tl.export import check_parity
+    from automl_tl.core.errors import ExportError
+    from automl_tl.export.check import check_parity
 
     model, path, batch, cut = composed
     with torch.inference_mode():
@@ -236,12 +237,8 @@ def test_composing_again_gives_the_same_bytes_and_the_memo_returns_them(composed
 
     import torch
 
-    from automl_tl.export import (
-        compose_onnx,
-        composed_key,
-        remember_composed,
-        reuse_composed,
-    )
+    from automl_tl.export.composed import composed_key, remember_composed, reuse_composed
+    from automl_tl.export.onnx import compose_onnx
 
     model, path, _, cut = composed
     graph = path.parent / "stages.onnx"
@@ -273,7 +270,7 @@ def test_composing_again_gives_the_same_bytes_and_the_memo_returns_them(composed
 def test_the_memo_keeps_the_newest_eight(tmp_path):
     import os
 
-    from automl_tl.export import COMPOSED_KEEP, _prune
+    from automl_tl.export.composed import COMPOSED_KEEP, _prune
 
     for i in range(COMPOSED_KEEP + 3):
         for suffix in (".onnx", ".json"):
@@ -293,9 +290,9 @@ def test_the_memo_keeps_the_newest_eight(tmp_path):
 def test_a_full_disk_while_remembering_warns_once_and_the_fit_goes_on(tmp_path, monkeypatch):
     import io
 
-    from automl_tl import export
-    from automl_tl.console import Console
-    from automl_tl.errors import DiskFullError
+    from automl_tl.core.console import Console
+    from automl_tl.core.errors import DiskFullError
+    from automl_tl.export import composed as export
 
     def full(target, *args, **kwargs):
         raise DiskFullError(target, 1000)
@@ -312,8 +309,8 @@ def test_a_full_disk_while_remembering_warns_once_and_the_fit_goes_on(tmp_path, 
 
 
 def test_the_check_names_a_missing_cut_tensor_in_one_line(composed):
-    from automl_tl.errors import ExportError
-    from automl_tl.export import check_parity
+    from automl_tl.core.errors import ExportError
+    from automl_tl.export.check import check_parity
 
     model, path, batch, _ = composed
     with pytest.raises(ExportError, match=r"has no tensor 'stage99' to check the backbone cut"):

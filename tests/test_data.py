@@ -1,4 +1,4 @@
-"""The data layer: scan, audit and split (automl_tl.data) and decoding (automl_tl.preprocess).
+"""The data layer: scan, audit and split (automl_tl.data) and decoding (data.preprocess).
 
 Every image is generated here into tmp_path with Pillow/numpy; nothing is downloaded or copied.
 """
@@ -16,16 +16,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from automl_tl.console import Console
-from automl_tl.data import AuditReport, Sample, audit, scan, split
-from automl_tl.errors import DataError
-from automl_tl.preprocess import (
+from automl_tl.core.console import Console
+from automl_tl.core.errors import DataError
+from automl_tl.data.audit import AuditReport, audit
+from automl_tl.data.files import Sample
+from automl_tl.data.preprocess import (
     Preprocessing,
     batch_to_float,
     load_for_model,
     load_rgb,
     preprocess,
 )
+from automl_tl.data.scan import scan
+from automl_tl.data.split import split
 
 # --------------------------------------------------------------------------- helpers
 
@@ -607,8 +610,8 @@ def test_split_rejects_invalid_val_fraction(bad):
 
 def test_audit_remembers_verdicts_by_content(tmp_path, monkeypatch):
     """A second audit with the same memo decodes nothing and reports the same."""
-    from automl_tl import data as data_mod
-    from automl_tl.memo import Memo
+    from automl_tl.data import audit as data_mod
+    from automl_tl.features.memo import Memo
 
     root = tmp_path / "data"
     _good_classes(root, ("a", "b"), per_class=3)

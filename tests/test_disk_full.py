@@ -27,13 +27,13 @@ import numpy as np
 import pytest
 import torch
 
-from automl_tl import cache_format
-from automl_tl.api import AutoTransfer
-from automl_tl.cache import FeatureStore
-from automl_tl.checkpoints import write_checkpoint
-from automl_tl.demo import write_digits
-from automl_tl.errors import DiskFullError
-from automl_tl.report import RunFolder
+from automl_tl.core.errors import DiskFullError
+from automl_tl.data.demo import write_digits
+from automl_tl.estimator import AutoTransfer
+from automl_tl.features import store_format as cache_format
+from automl_tl.features.store import FeatureStore
+from automl_tl.report.run_folder import RunFolder
+from automl_tl.train.checkpoints import write_checkpoint
 
 CLI = str(Path(sys.executable).parent / "automl-tl")
 WARNING = "WARNING: feature cache full, this run goes on without caching"
@@ -150,8 +150,8 @@ def test_fit_goes_on_with_a_full_cache_and_caches_again_once_freed(
 def test_existing_cache_reopened_on_a_full_disk(small_fs):
     """Reopening a cache on a full disk cannot map its WAL index (SQLITE_IOERR_SHMSIZE):
     that is a full disk too, reported with the index path, and a memo falls back to memory."""
-    from automl_tl.console import Console
-    from automl_tl.memo import Memo
+    from automl_tl.core.console import Console
+    from automl_tl.features.memo import Memo
 
     fs = small_fs("cache", "512k")
     store = FeatureStore(fs.path)
@@ -176,10 +176,11 @@ def test_existing_cache_reopened_on_a_full_disk(small_fs):
 def test_cache_filling_up_mid_run_is_simulated(digits, tmp_path, monkeypatch, capfd):
     """Simulated: the second shard write raises ENOSPC (in-process monkeypatch), so rows of
     one fit come partly from the store and partly from memory."""
-    from automl_tl.candidates import frozen_views
-    from automl_tl.data import audit, scan
-    from automl_tl.features import FeatureCache
-    from automl_tl.plugins import get_plugins
+    from automl_tl.data.audit import audit
+    from automl_tl.data.scan import scan
+    from automl_tl.features.cache import FeatureCache
+    from automl_tl.features.views import frozen_views
+    from automl_tl.plugins.manager import get_plugins
 
     spec = get_plugins().backbone("efficientnet_lite0")
     views = len(frozen_views(spec))  # one put writes a shard per cached view
@@ -193,7 +194,7 @@ def test_cache_filling_up_mid_run_is_simulated(digits, tmp_path, monkeypatch, ca
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return real(path, *args)
 
-    monkeypatch.setattr("automl_tl.cache.write_shard", write_shard)
+    monkeypatch.setattr("automl_tl.features.store.write_shard", write_shard)
     net = spec.build()
     samples = audit(scan(digits)).samples
     cache = tmp_path / "cache"
@@ -206,7 +207,7 @@ def test_cache_filling_up_mid_run_is_simulated(digits, tmp_path, monkeypatch, ca
     report = FeatureStore(cache).verify()
     assert report["ok"] is True and report["entries"] == 4 * views
     feats.close()
-    monkeypatch.setattr("automl_tl.cache.write_shard", real)
+    monkeypatch.setattr("automl_tl.features.store.write_shard", real)
     fresh = FeatureCache(spec, net, cache, engine="torch")  # everything stored this time
     again = [r.dequantize().numpy() for r in fresh.stage_rows(samples)]
     assert fresh.stats.hits == 4 and fresh.stats.computed == len(samples) - 4
@@ -240,7 +241,7 @@ def test_full_run_folder_and_checkpoint_through_the_cli(digits, small_fs, tmp_pa
 
 
 def _tiny_onnx():
-    from automl_tl.export import _head_graph
+    from automl_tl.export.onnx import _head_graph
 
     return _head_graph(torch.nn.Linear(8, 3), 8)
 
@@ -248,8 +249,8 @@ def _tiny_onnx():
 def test_full_run_folder_files(small_fs, monkeypatch):
     """model.onnx, the json files and report.html on a full filesystem: one-line
     DiskFullError naming file and size; an older file stays whole; no temporary is left."""
-    from automl_tl.export import _save_with_metadata
-    from automl_tl.report_html import write_report
+    from automl_tl.export.onnx import _save_with_metadata
+    from automl_tl.report.html import write_report
 
     fs = small_fs("out", "256k")
     run = RunFolder(fs.path / "run")
@@ -262,7 +263,7 @@ def test_full_run_folder_files(small_fs, monkeypatch):
     proto = _tiny_onnx()
     with pytest.raises(DiskFullError, match=r"model\.onnx' \(needs \d+ B"):
         _save_with_metadata(proto, run.file("model.onnx"), {"classes": ["a", "b", "c"]})
-    monkeypatch.setattr("automl_tl.report_html.render_report", lambda data: "x" * 20_000)
+    monkeypatch.setattr("automl_tl.report.html.render_report", lambda data: "x" * 20_000)
     with pytest.raises(DiskFullError, match=r"report\.html' \(needs 20\.0 kB"):
         write_report(run.path, {})
     assert not run.file("model.onnx").exists() and not run.file("report.html").exists()
@@ -284,14 +285,16 @@ def test_checkpoint_on_a_full_disk_keeps_the_previous_one(small_fs):
 
 
 def test_atomic_writes_on_a_simulated_full_disk(tmp_path, monkeypatch):
-    """Simulated: every write in report.write_atomic raises ENOSPC (in-process monkeypatch)."""
+    """Simulated: every write in core.files.write_atomic raises ENOSPC (in-process monkeypatch)."""
 
     class Full(io.FileIO):
         def write(self, data):
             super().write(bytes(data)[:100])  # part of it lands, like on a real full disk
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("automl_tl.report.os.fdopen", lambda fd, mode: Full(fd, "w"))
+    monkeypatch.setattr(
+        "automl_tl.core.files.open", lambda path, mode: Full(path, "w"), raising=False
+    )
     run = RunFolder(tmp_path / "run")
     with pytest.raises(DiskFullError, match=r"plan\.json' \(needs 1\d\.\d kB, [\d.]+ \w?B free"):
         run.write_json("plan.json", {"x": "y" * 12_000})
@@ -306,7 +309,7 @@ def test_atomic_writes_on_a_simulated_full_disk(tmp_path, monkeypatch):
 
 def test_any_full_disk_error_is_one_cli_line(capsys):
     """A full disk some writer did not name itself still ends in one `error:` line."""
-    from automl_tl.cli_common import clean_errors
+    from automl_tl.cli.common import clean_errors
 
     @clean_errors
     def command(verbose=False):
@@ -328,8 +331,8 @@ def test_onnx_export_into_a_full_cache_falls_back_to_torch(small_fs, capfd):
     """The backbone's onnxruntime export (about 14 MB) does not fit in the cache: the run
     embeds with torch after the one warning, and no refusal is recorded, so a later run with
     space exports as usual; no partial export is left."""
-    from automl_tl.features import FeatureCache
-    from automl_tl.plugins import get_plugins
+    from automl_tl.features.cache import FeatureCache
+    from automl_tl.plugins.manager import get_plugins
 
     fs = small_fs("cache", "2m")
     spec = get_plugins().backbone("efficientnet_lite0")

@@ -13,10 +13,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from automl_tl.errors import AutoTLError, ExportError
-from automl_tl.export import check_parity
-from automl_tl.inference import Predictor, expand_paths
-from automl_tl.preprocess import batch_to_float, load_for_model
+from automl_tl.core.errors import AutoTLError, ExportError
+from automl_tl.data.files import expand_paths
+from automl_tl.data.preprocess import batch_to_float, load_for_model
+from automl_tl.export.check import check_parity
+from automl_tl.export.predictor import Predictor
 
 
 def _meta(path):
@@ -114,7 +115,7 @@ def test_inference_runs_where_torch_cannot_be_imported(fitted, digits_dir):
             pass
         else:
             raise SystemExit("torch still importable")
-        from automl_tl.inference import Predictor
+        from automl_tl.export.predictor import Predictor
         res = Predictor({str(fitted.onnx_path_)!r}).predict([{str(digits_dir)!r}])
         assert all("top" in r for r in res), res
         heavy = ("torch", "torchvision", "sklearn")
@@ -135,9 +136,9 @@ def test_a_model_fine_tuned_at_a_smaller_input_is_evaluated_and_exported_at_it(
     choice at 224. The keep decision is forced here (it is tested on its own in test_lpft)
     so that the fine-tuned model is the one kept: the plan, the ONNX graph's input, its
     metadata and the Predictor (onnxruntime alone) all follow it."""
-    import automl_tl.lpft as lpft
-    from automl_tl.api import AutoTransfer
-    from automl_tl.demo import write_digits
+    import automl_tl.train.tune as lpft
+    from automl_tl.data.demo import write_digits
+    from automl_tl.estimator import AutoTransfer
 
     monkeypatch.setattr(lpft, "_accept", lambda *a: True)
     data = write_digits(tmp_path / "digits24", per_class=12, digits=(0, 1, 7), size=24)

@@ -17,13 +17,14 @@ import pytest
 import torch
 
 from automl_tl import AutoTransfer
-from automl_tl.backbone import FeatureExtractor
-from automl_tl.cache import FeatureStore
-from automl_tl.candidates import frozen_views
-from automl_tl.data import audit, scan
-from automl_tl.embed import embed
-from automl_tl.features import FeatureCache
-from automl_tl.plugins import get_plugins
+from automl_tl.data.audit import audit
+from automl_tl.data.scan import scan
+from automl_tl.features.cache import FeatureCache
+from automl_tl.features.embed import embed
+from automl_tl.features.extractor import FeatureExtractor
+from automl_tl.features.store import FeatureStore
+from automl_tl.features.views import frozen_views
+from automl_tl.plugins.manager import get_plugins
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -168,8 +169,8 @@ def test_a_warm_cache_reports_the_embedding_rate_its_last_cold_run_measured(tmp_
     """Fine-tuning estimates need the frozen graph's speed; a warm run embeds nothing, so it
     reads the rate the run that filled this cache measured (torch eager's slower rate made
     a warm mnist run skip fine-tuning a cold one would try)."""
-    from automl_tl.demo import write_digits
-    from automl_tl.features import RATE_MIN_IMAGES
+    from automl_tl.data.demo import write_digits
+    from automl_tl.features.cache import RATE_MIN_IMAGES
 
     folder = write_digits(tmp_path / "digits", per_class=22, digits=(0, 1, 7))
     samples = audit(scan(folder)).samples

@@ -16,11 +16,12 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from automl_tl import finetune as ft
-from automl_tl.console import Console
-from automl_tl.embed import iter_batches
-from automl_tl.errors import AutoTLError, DataError
-from automl_tl.finetune import (
+from automl_tl.core.console import Console
+from automl_tl.core.errors import AutoTLError, DataError
+from automl_tl.data.batches import iter_batches
+from automl_tl.data.preprocess import batch_to_float, load_for_model
+from automl_tl.train import tune_full as ft
+from automl_tl.train.tune_full import (
     CHECKPOINT_NAME,
     CheckpointError,
     FinetuneConfig,
@@ -30,10 +31,8 @@ from automl_tl.finetune import (
     load_checkpoint,
     warmup_cosine,
 )
-from automl_tl.preprocess import batch_to_float, load_for_model
 from tests import ddp_finetune_script as ddp_script
-from tests.conftest import shared_dataset
-from tests.ddp_finetune_script import TINY_CONFIG, TINY_PREP, split_items, tiny_model
+from tests.helpers import TINY_CONFIG, TINY_PREP, shared_dataset, split_items, tiny_model
 
 SCRIPT = Path(__file__).with_name("ddp_finetune_script.py")
 TORCHRUN = Path(sys.executable).parent / "torchrun"
@@ -338,8 +337,9 @@ def _hymenoptera_items(per_class_train: int, per_class_val: int):
 def test_real_efficientnet_lite0_finetunes_and_exports(tmp_path):
     """Pretrained EfficientNet-Lite0, whole network, 2 epochs on 32 real photos (ants/bees),
     then ONNX export and the onnxruntime parity check on the validation photos."""
-    from automl_tl.export import check_parity, export_onnx
-    from automl_tl.plugins import get_plugins
+    from automl_tl.export.check import check_parity
+    from automl_tl.export.onnx import export_onnx
+    from automl_tl.plugins.manager import get_plugins
 
     train, val = _hymenoptera_items(16, 10)
     spec = get_plugins().backbone("efficientnet_lite0")

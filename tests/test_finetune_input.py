@@ -12,17 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from automl_tl.console import Console
-from automl_tl.errors import AutoTLError, DataError
-from automl_tl.imagedata import (
-    DecodedImages,
-    EvalImages,
-    ImageDataset,
-    choose_input,
-    load_train_image,
-    training_preprocessing,
-)
-from automl_tl.preprocess import Preprocessing, batch_to_float, load_for_model
+from automl_tl.core.console import Console
+from automl_tl.core.errors import AutoTLError, DataError
+from automl_tl.data.images import DecodedImages, EvalImages, ImageDataset, load_train_image
+from automl_tl.data.input_size import choose_input, training_preprocessing
+from automl_tl.data.preprocess import Preprocessing, batch_to_float, load_for_model
 
 PREP = Preprocessing(crop_size=32, resize_size=36)
 

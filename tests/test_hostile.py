@@ -23,17 +23,18 @@ from click.testing import CliRunner
 from PIL import Image
 
 from automl_tl.cli import main as cli_main
-from automl_tl.console import Console
-from automl_tl.data import audit, scan
-from automl_tl.errors import DataError
-from automl_tl.preprocess import Preprocessing, batch_to_float, load_for_model, preprocess
+from automl_tl.core.console import Console
+from automl_tl.core.errors import DataError
+from automl_tl.data.audit import audit
+from automl_tl.data.preprocess import Preprocessing, batch_to_float, load_for_model, preprocess
+from automl_tl.data.scan import scan
 
 from .hostile_corpus import KINDS, noise, write_good
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 ROOT_SKIP = "running as root: root reads a chmod 000 file or folder anyway"
 CLI = str(Path(sys.executable).parent / "automl-tl")
-# automl_tl.preprocess silences it at import; pytest's per-test warning capture undoes that
+# automl_tl.data.preprocess silences it at import; pytest's per-test warning capture undoes that
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 
 # --------------------------------------------------------------------------- helpers

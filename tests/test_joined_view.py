@@ -1,4 +1,4 @@
-"""Joined views (automl_tl.candidates): the leaders of distinct stages side by side are one
+"""Joined views (automl_tl.decide.candidates): the leaders of distinct stages side by side are one
 more frozen candidate; chosen only when it validates best, read back from the feature cache
 as its members' rows, computed by the extractor in one forward pass, exported and checked."""
 
@@ -9,13 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-from automl_tl.backbone import FeatureExtractor
-from automl_tl.candidates import View, joined_view, select_view, view_named
-from automl_tl.export import ExportModel, check_parity, export_onnx
-from automl_tl.features import FeatureCache
-from automl_tl.plugins import get_plugins
-from tests.conftest import shared_dataset
-from tests.test_cases import make_subset
+from automl_tl.decide.candidates import select_view
+from automl_tl.export.check import check_parity
+from automl_tl.export.onnx import export_onnx
+from automl_tl.features.cache import FeatureCache
+from automl_tl.features.extractor import FeatureExtractor
+from automl_tl.features.views import View, joined_view, view_named
+from automl_tl.plugins.manager import get_plugins
+from automl_tl.train.model import ExportModel
+from tests.helpers import make_subset, shared_dataset
 
 
 def _views() -> list[View]:
@@ -115,7 +117,8 @@ def lite0_digits(tmp_path_factory):
 
 
 def test_cached_joined_rows_are_the_members_rows_side_by_side(lite0_digits, tmp_path):
-    from automl_tl.data import audit, scan
+    from automl_tl.data.audit import audit
+    from automl_tl.data.scan import scan
 
     spec, net, folder = lite0_digits
     samples = audit(scan(folder)).samples
@@ -157,10 +160,10 @@ def test_a_cold_fit_fits_the_chosen_head_once_and_a_warm_refit_gets_the_same_hea
     `make demo` chooses) is handed to the frozen strategy rather than fitted again. It scores
     what the choice measured, a warm re-run (the choice remembered) fits it once, and both
     runs end with the same predictions."""
-    import automl_tl.candidates as candidates
-    import automl_tl.logreg as logreg
+    import automl_tl.decide.candidates as candidates
+    import automl_tl.train.logreg as logreg
     from automl_tl import AutoTransfer
-    from automl_tl.demo import write_digits
+    from automl_tl.data.demo import write_digits
 
     data = write_digits(tmp_path / "digits")  # the demo's 400 digits
     calls = {"choice": 0, "strategy": 0}

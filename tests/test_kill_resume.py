@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from automl_tl.demo import write_digits
+from automl_tl.data.demo import write_digits
 from benchmarks.kill_loop import (
     Watched,
     check_model,

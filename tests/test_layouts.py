@@ -12,13 +12,17 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import automl_tl.api as api
+import automl_tl.data.dataset as dataset
+import automl_tl.pipeline as pipeline
+import automl_tl.train.run as train_run
 from automl_tl import AutoTransfer
 from automl_tl.cli import main as cli_main
-from automl_tl.console import Console
-from automl_tl.data import audit, scan, split
-from automl_tl.demo import write_digits
-from automl_tl.errors import DataError
+from automl_tl.core.console import Console
+from automl_tl.core.errors import DataError
+from automl_tl.data.audit import audit
+from automl_tl.data.demo import write_digits
+from automl_tl.data.scan import scan
+from automl_tl.data.split import split
 
 DIGITS = ("0", "1", "7")
 
@@ -236,7 +240,7 @@ def test_class_folders_with_image_sub_folders_get_a_warning(tmp_path):
 
 
 def test_the_real_hymenoptera_layout_reads_quietly():
-    from .conftest import shared_dataset
+    from .helpers import shared_dataset
 
     manifest = scan(shared_dataset("hymenoptera_data"))
     assert manifest.classes_seen == ["ants", "bees"]
@@ -288,10 +292,10 @@ def train_test_fit(tmp_path_factory):
         seen["task"] = real_task(*args, **kwargs)
         return seen["task"]
 
-    real_analyse, real_task = api.analyse, api.HeadTask
-    mp.setattr(api, "split", spy_split)
-    mp.setattr(api, "analyse", spy_analyse)
-    mp.setattr(api, "HeadTask", spy_task)
+    real_analyse, real_task = pipeline.analyse, train_run.HeadTask
+    mp.setattr(dataset, "split", spy_split)
+    mp.setattr(pipeline, "analyse", spy_analyse)
+    mp.setattr(train_run, "HeadTask", spy_task)
     try:
         model = AutoTransfer(epochs=30, out=tmp / "run", quiet=True).fit(root)
     finally:

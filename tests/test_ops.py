@@ -1,4 +1,4 @@
-"""The feature-cache ops (automl_tl.ops) against their pure-torch reference.
+"""The feature-cache ops (automl_tl.features.ops) against their pure-torch reference.
 
 The public functions are tested whatever backend is active; with the compiled extension built
 (`make`) that is the C++ kernels, and `test_compiled_backend_is_active` says so.
@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from automl_tl import ops
+from automl_tl.features import ops
 
 
 def _compiled_ops():
@@ -194,7 +194,7 @@ def test_compiled_backend_is_active():
 _FALLBACK_SCRIPT = """
 import sys, torch
 {prelude}
-from automl_tl import ops
+from automl_tl.features import ops
 x = torch.randn(20, 33) * 5
 q, s = ops.quantize_int8(x)
 rq, rs = ops.ref_quantize_int8(x)
@@ -233,3 +233,35 @@ def test_missing_extension_says_once_how_to_build():
     assert len(lines) == 1, done.stderr
     assert "not available (automl_tl._C is not built)" in lines[0]
     assert "pure-torch fallback" in lines[0] and "make" in lines[0]
+
+
+def test_fake_kernels_let_fake_tensors_compile_and_export_trace_the_ops():
+    """The compiled ops have fake (meta) kernels: FakeTensor shapes and dtypes, torch.library's
+    own op checks, torch.export and torch.compile (fullgraph) all go through them."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    _compiled_ops()
+    assert ops.backend() in ("cpp", "cpp+cuda"), ops.backend_detail()  # fakes registered
+    gather = torch.ops.automl_tl.gather_dequantize.default
+    values, scales = torch.randn(20, 6).to(torch.int8), torch.rand(20)
+    index = torch.tensor([3, 0, 19])
+    with FakeTensorMode() as mode:
+        fake = gather(mode.from_tensor(values), None, mode.from_tensor(index))
+        q, s = torch.ops.automl_tl.quantize_int8(mode.from_tensor(torch.randn(5, 7)))
+    assert (fake.shape, fake.dtype) == ((3, 6), torch.float32)
+    assert (q.shape, q.dtype, s.shape, s.dtype) == ((5, 7), torch.int8, (5,), torch.float32)
+    for op, args in (
+        (gather, (values, scales, index)),
+        (torch.ops.automl_tl.quantize_fp16.default, (torch.randn(4, 3),)),
+        (torch.ops.automl_tl.quantize_int8.default, (torch.randn(4, 3),)),
+    ):
+        torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
+
+    class Gather(torch.nn.Module):
+        def forward(self, v, s, i):
+            return torch.ops.automl_tl.gather_dequantize(v, s, i) * 2
+
+    graph = torch.export.export(Gather(), (values, scales, index)).graph
+    assert [n.target for n in graph.nodes if n.op == "call_function"][0] == gather
+    compiled = torch.compile(Gather(), fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(values, scales, index), 2 * gather(values, scales, index))

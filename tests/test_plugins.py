@@ -12,15 +12,23 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from automl_tl import plugins as plugins_mod
-from automl_tl.backbone import BackboneSpec, FeatureExtractor, Stage
-from automl_tl.errors import AutoTLError
-from automl_tl.hookspecs import hookimpl
-from automl_tl.planner import add_verdicts, make_plan, size_profile
-from automl_tl.plugins import load_plugins
-from automl_tl.preprocess import Preprocessing
-from automl_tl.strategy import HeadTask, StrategySpec
-from automl_tl.train import HeadConfig, TrainResult
+import automl_tl.plugins
+from automl_tl.core.contract import (
+    BackboneSpec,
+    HeadConfig,
+    HeadTask,
+    Stage,
+    StrategySpec,
+    TrainResult,
+)
+from automl_tl.core.errors import AutoTLError
+from automl_tl.data.preprocess import Preprocessing
+from automl_tl.decide.planner import make_plan
+from automl_tl.decide.profile import add_verdicts, size_profile
+from automl_tl.features.extractor import FeatureExtractor
+from automl_tl.plugins import manager as plugins_mod
+from automl_tl.plugins.hookspecs import hookimpl
+from automl_tl.plugins.manager import load_plugins
 
 
 class _TinyNet(nn.Module):
@@ -144,7 +152,17 @@ def test_environment_disables_or_allow_lists(monkeypatch):
     monkeypatch.setenv("AUTOML_TL_PLUGINS", "efficientnet_lite,strategies")
     ps = load_plugins()
     assert {n for n, _ in ps.manager.list_name_plugin()} == {"efficientnet_lite", "strategies"}
-    assert "resnet18" not in ps.backbones
+    assert "resnet18" not in ps.backbones and ps.failures == {}
+
+
+def test_an_allow_listed_plugin_that_is_not_installed_is_reported(monkeypatch):
+    monkeypatch.setenv("AUTOML_TL_PLUGINS", "foo")
+    ps = load_plugins()
+    assert list(ps.manager.list_name_plugin()) == []
+    assert ps.failures == {
+        "foo": "not installed: AUTOML_TL_PLUGINS names it, but there is no built-in plugin or "
+        "`automl_tl` entry point of that name (`automl-tl plugins` lists what is)"
+    }
 
 
 def _profile():
@@ -184,7 +202,7 @@ def test_register_commands_adds_cli_commands(monkeypatch):
             click.echo("hello from a plugin")
 
     ps = load_plugins({"cmds": plugin(register_commands=commands)})
-    monkeypatch.setattr(plugins_mod, "get_plugins", lambda: ps)
+    monkeypatch.setattr(automl_tl.plugins, "get_plugins", lambda: ps)
     from automl_tl.cli import _PluginGroup, main
 
     group = _PluginGroup(commands=dict(main.commands))

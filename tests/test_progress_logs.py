@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from automl_tl.console import INTERVAL_ENV, Console, Progress, progress_interval
-from automl_tl.demo import write_digits
+from automl_tl.core.console import INTERVAL_ENV, Console, Progress, progress_interval
+from automl_tl.data.demo import write_digits
 
 CLI = str(Path(sys.executable).parent / "automl-tl")
 LINE = re.compile(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from automl_tl.demo import write_digits
+from automl_tl.data.demo import write_digits
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 CLI = str(Path(sys.executable).with_name("automl-tl"))

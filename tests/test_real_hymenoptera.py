@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import shared_dataset
+from tests.helpers import shared_dataset
 
 CLI = str(Path(sys.executable).parent / "automl-tl")
 

@@ -28,14 +28,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from automl_tl.report_html import (
-    REPORT_NAME,
-    misclassified,
-    render_report,
-    thumbnail_data_uri,
-    write_report,
-)
-from tests.conftest import SHARED
+from automl_tl.report.html import REPORT_NAME, render_report, write_report
+from automl_tl.report.html_kit import misclassified, thumbnail_data_uri
+from tests.helpers import SHARED
 
 EVIL = "<script>alert(1)</script>"
 UNICODE_FILE = "ñandú «fig» 蜂 & <b>.jpg"

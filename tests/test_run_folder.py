@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from automl_tl import AutoTransfer
-from automl_tl.demo import write_digits
-from automl_tl.errors import BackboneError, OutputError
-from automl_tl.report import LOCK_NAME, RunFolder
+from automl_tl.core.errors import BackboneError, OutputError
+from automl_tl.data.demo import write_digits
+from automl_tl.report.run_folder import LOCK_NAME, RunFolder
 
 CLI = str(Path(sys.executable).with_name("automl-tl"))
 FIT = ["--case", "1", "--epochs", "5", "-q"]
@@ -101,7 +101,7 @@ def test_finished_run_is_kept_unless_overwrite(two_sets, raced):
     res = run(fit(data, out, "--overwrite"))
     assert res.returncode == 0, res.stderr
     assert classes(out) == CLASSES[other] and (out / "model.onnx").read_bytes() != model
-    assert (out / LOCK_NAME).read_text() == ""  # released: nobody is named as holder
+    assert not (out / LOCK_NAME).exists()  # released: a finished run keeps no lock file
 
 
 def test_folder_held_by_another_process_is_refused_naming_it(two_sets, tmp_path):
@@ -121,7 +121,7 @@ def test_a_killed_holder_leaves_no_lock_behind(tmp_path):
     out = tmp_path / "run"
     code = (
         "import os, sys, time\n"
-        "from automl_tl.report import RunFolder\n"
+        "from automl_tl.report.run_folder import RunFolder\n"
         "with RunFolder(sys.argv[1]).claim():\n"
         "    child = os.fork()\n"
         "    if child == 0:\n"
@@ -168,9 +168,12 @@ def test_interrupted_run_is_continued_and_overwrite_clears_only_run_outputs(tmp_
     assert folder.finished()
     with folder.claim(resume=True):  # --resume continues a finished run in place
         assert (out / "model.onnx").is_file() and (out / "checkpoints").is_dir()
-    with folder.claim(overwrite=True):
-        left = sorted(p.name for p in out.iterdir())
-    assert left == [LOCK_NAME, "notes.txt"]
+    with folder.claim(overwrite=True) as target:  # the finished run stays until the end
+        assert target.path != out and (out / "model.onnx").is_file()
+        (target.path / "model.onnx").write_text("the new model")
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "notes.txt"]
+    assert (out / "model.onnx").read_text() == "the new model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nothing left beside it
 
 
 def test_api_keeps_a_finished_run_and_releases_the_lock_on_error(two_sets, tmp_path):
@@ -181,7 +184,27 @@ def test_api_keeps_a_finished_run_and_releases_the_lock_on_error(two_sets, tmp_p
     assert (out / "model.onnx").read_text() == "model.onnx"
     with pytest.raises(BackboneError):  # fails inside the fit, after the folder was claimed
         AutoTransfer(out=out, backbone="no-such-backbone", overwrite=True).fit(two_sets[0])
-    assert not (out / "model.onnx").exists()  # overwrite cleared the old run first
-    with RunFolder(out).claim():  # the failed fit released its lock
+    # a failed --overwrite fit leaves the finished run as it was
+    assert (out / "model.onnx").read_text() == "model.onnx" and RunFolder(out).finished()
+    with RunFolder(out).claim(resume=True):  # the failed fit released its lock
         pass
     assert AutoTransfer(overwrite=True).get_params()["overwrite"] is True
+
+
+def test_a_failed_overwrite_fit_keeps_the_finished_run(tmp_path):
+    out = tmp_path / "run"
+    _finished(out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    line = one_line_error(run(fit(tmp_path / "typo", out, "--overwrite")))
+    assert "data path" in line and "does not exist" in line
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no staging folder left
+
+
+def test_a_finished_fit_leaves_no_lock_file_and_no_checkpoints(two_sets, tmp_path):
+    out = tmp_path / "run"
+    res = run(fit(two_sets[0], out))
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "audit.json", "classes.json", "metrics.json", "model.onnx", "plan.json", "report.html",
+    ]  # fmt: skip

@@ -12,23 +12,20 @@ import torch
 from PIL import Image
 from torch import nn
 
-from automl_tl import runtime
-from automl_tl.backbone import FeatureExtractor
-from automl_tl.console import Console
-from automl_tl.decode import jpeg_info, load_image, uses_torchvision
-from automl_tl.embed import embed, iter_batches
-from automl_tl.errors import AutoTLError
-from automl_tl.inference import expand_paths
-from automl_tl.plugins import get_plugins
-from automl_tl.preprocess import Preprocessing, batch_to_float, load_for_model
-from automl_tl.runtime import (
-    OrtRunner,
-    TorchRunner,
-    make_runner,
-    pick_batch_size,
-    pick_engine,
-)
-from tests.conftest import shared_dataset
+from automl_tl.core import machine
+from automl_tl.core.console import Console
+from automl_tl.core.errors import AutoTLError
+from automl_tl.core.machine import pick_batch_size
+from automl_tl.data.batches import iter_batches
+from automl_tl.data.decode import jpeg_info, load_image, uses_torchvision
+from automl_tl.data.files import expand_paths
+from automl_tl.data.preprocess import Preprocessing, batch_to_float, load_for_model
+from automl_tl.features import runners
+from automl_tl.features.embed import embed
+from automl_tl.features.extractor import FeatureExtractor
+from automl_tl.features.runners import OrtRunner, TorchRunner, make_runner, pick_engine
+from automl_tl.plugins.manager import get_plugins
+from tests.helpers import shared_dataset
 
 TINY = Preprocessing(crop_size=32, resize_size=36)
 # decode.py silences it at import; pytest resets warning filters for every test.
@@ -76,9 +73,9 @@ def rel_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 
 @pytest.fixture(autouse=True)
 def fresh_sessions():
-    runtime._RUNNERS.clear()  # each test sees the files on disk, not open sessions
+    runners._RUNNERS.clear()  # each test sees the files on disk, not open sessions
     yield
-    runtime._RUNNERS.clear()
+    runners._RUNNERS.clear()
 
 
 # ------------------------------------------------------------------ runners
@@ -113,14 +110,14 @@ def test_an_export_is_reused_and_a_corrupt_one_is_redone(tmp_path):
     make_runner(fx, 32, "onnxruntime", tmp_path, key="k")
     path = tmp_path / "k.onnx"
     stamp, traced = path.stat().st_mtime_ns, fx.net.traced
-    runtime._RUNNERS.clear()
+    runners._RUNNERS.clear()
     again = make_runner(fx, 32, "onnxruntime", tmp_path, key="k")
     assert again.engine == "onnxruntime" and fx.net.traced == traced  # loaded, not exported
     assert path.stat().st_mtime_ns == stamp
     expected = TorchRunner(fx, "cpu").run(batch)
     for corrupt in (lambda b: b[: len(b) // 2], lambda b: b[:-64] + bytes(64)):
         path.write_bytes(corrupt(path.read_bytes()))  # truncated, then same size but damaged
-        runtime._RUNNERS.clear()
+        runners._RUNNERS.clear()
         redone = make_runner(fx, 32, "onnxruntime", tmp_path, key="k")
         assert redone.engine == "onnxruntime" and fx.net.traced > traced
         assert rel_diff(redone.run(batch), expected) < 1e-5
@@ -158,7 +155,7 @@ def test_engine_choice(tmp_path):
     assert pick_engine("auto", "cpu", fx) == "torch"  # hooks (BN drift) need torch
     handle.remove()
     assert pick_engine("auto", "cpu", fx) == "onnxruntime"
-    few = runtime.MIN_IMAGES_TO_EXPORT - 1
+    few = runners.MIN_IMAGES_TO_EXPORT - 1
     assert make_runner(fx, 32, "auto", tmp_path, key="t", n_images=few).engine == "torch"
     make_runner(fx, 32, "onnxruntime", tmp_path, key="t")
     assert make_runner(fx, 32, "auto", tmp_path, key="t", n_images=few).engine == "onnxruntime"
@@ -284,7 +281,7 @@ def test_batch_size_picker():
     assert 8 < mid < 256 and pick_batch_size(448, memory=2 * gib) < mid
     assert pick_batch_size(224, memory=1024 * gib, n_images=100) == 13
     assert pick_batch_size(224, memory=1024 * gib, low=4, high=16) == 16
-    assert runtime.available_memory() > 0 and runtime.available_cores() >= 1
+    assert machine.available_memory() > 0 and runners.available_cores() >= 1
     with pytest.raises(AutoTLError, match="batch size 0"):
         pick_batch_size(224, requested=0)
     assert os.cpu_count()

@@ -18,9 +18,9 @@ import pytest
 from torch import nn
 
 from automl_tl import AutoTransfer
-from automl_tl.plugins import get_plugins
-from automl_tl.similarity import SourceBank
-from tests.conftest import shared_dataset
+from automl_tl.decide.similarity import SourceBank
+from automl_tl.plugins.manager import get_plugins
+from tests.helpers import shared_dataset
 
 # ImageNet-1k class indices (= positions of imagenet_sample's files sorted by WordNet id).
 SUPER_CLASSES = {

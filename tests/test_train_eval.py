@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from automl_tl.evaluate import classification_metrics
-from automl_tl.train import HeadConfig, train_head
+from automl_tl.core.contract import HeadConfig
+from automl_tl.core.stats import classification_metrics
+from automl_tl.train.heads import train_head
 
 
 def _blobs(n, d=32, k=3, seed=0, spread=1.0):

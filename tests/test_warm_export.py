@@ -19,7 +19,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from automl_tl.demo import write_digits
+from automl_tl.data.demo import write_digits
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,10 +106,12 @@ def test_warm_analysis_is_remembered_and_plans_the_same(tmp_path):
     BN-drift subset) is measured again."""
     import dataclasses
 
-    from automl_tl.analysis import analyse
-    from automl_tl.data import audit, scan, split
-    from automl_tl.features import FeatureCache
-    from automl_tl.plugins import get_plugins
+    from automl_tl.data.audit import audit
+    from automl_tl.data.scan import scan
+    from automl_tl.data.split import split
+    from automl_tl.decide.analysis import analyse
+    from automl_tl.features.cache import FeatureCache
+    from automl_tl.plugins.manager import get_plugins
 
     data = write_digits(tmp_path / "data", per_class=6, digits=(0, 1, 7))
     report = audit(scan(data))

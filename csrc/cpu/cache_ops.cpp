@@ -20,6 +20,8 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
+#include "../checks.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -206,13 +208,6 @@ at::Tensor new_cpu(at::IntArrayRef size, at::ScalarType dtype) {
   return at::Tensor(at::detail::empty_cpu(size, dtype, /*pin_memory=*/false, std::nullopt));
 }
 
-void check_float_matrix(const at::Tensor& x, const char* op) {
-  TORCH_CHECK(x.dim() == 2, op, ": expected a 2-D (N, D) tensor, got ", x.dim(),
-              "-D with shape ", x.sizes());
-  TORCH_CHECK(x.scalar_type() == at::kFloat, op, ": expected float32 input, got ",
-              x.scalar_type(), "; convert it with x.float()");
-}
-
 // ------------------------------------------------------------------ ops
 at::Tensor quantize_fp16_cpu(const at::Tensor& x_in) {
   check_float_matrix(x_in, "automl_tl::quantize_fp16");
@@ -301,34 +296,10 @@ void gather_dispatch(const at::Tensor& values, const float* scales, const I* idx
 at::Tensor gather_dequantize_cpu(const at::Tensor& values_in,
                                  const std::optional<at::Tensor>& scales_in,
                                  const at::Tensor& index_in) {
-  constexpr const char* op = "automl_tl::gather_dequantize";
-  TORCH_CHECK(values_in.dim() == 2, op, ": values must be a 2-D (N, D) store, got shape ",
-              values_in.sizes());
-  const auto vt = values_in.scalar_type();
-  TORCH_CHECK(vt == at::kHalf || vt == at::kChar || vt == at::kFloat, op,
-              ": values must be float16, int8 or float32, got ", vt);
-  TORCH_CHECK(index_in.dim() == 1, op, ": index must be 1-D, got shape ", index_in.sizes());
-  const auto it = index_in.scalar_type();
-  TORCH_CHECK(it == at::kLong || it == at::kInt, op, ": index must be int64 (or int32), got ",
-              it);
-  TORCH_CHECK(index_in.device() == values_in.device(), op, ": index is on ", index_in.device(),
-              " but values are on ", values_in.device());
-  const int64_t rows = values_in.size(0), d = values_in.size(1);
-
-  // Rows may be strided (a slice of a larger store); only the elements of a row must be dense.
-  const at::Tensor values = values_in.stride(1) == 1 ? values_in : values_in.contiguous();
-  const at::Tensor index = index_in.contiguous();
-  at::Tensor scales;
-  if (scales_in.has_value() && scales_in->defined()) {
-    const at::Tensor& s = *scales_in;
-    TORCH_CHECK(s.dim() == 1 && s.size(0) == rows, op, ": scales must have shape (", rows,
-                ",), one per stored row, got ", s.sizes());
-    TORCH_CHECK(s.scalar_type() == at::kFloat, op, ": scales must be float32, got ",
-                s.scalar_type());
-    TORCH_CHECK(s.device() == values_in.device(), op, ": scales are on ", s.device(),
-                " but values are on ", values_in.device());
-    scales = s.contiguous();
-  }
+  const GatherArgs args = check_gather_args(values_in, scales_in, index_in);
+  const at::Tensor &values = args.values, &index = args.index, &scales = args.scales;
+  const int64_t rows = args.rows, d = args.d;
+  const auto it = index.scalar_type();
   const float* sp = scales.defined() ? scales.const_data_ptr<float>() : nullptr;
 
   const int64_t count = index.numel();

@@ -16,10 +16,8 @@ import torch
 from automl_tl_knn import AUTO_ENV, K_CANDIDATES, KNNHead, fit_knn, select_strategy
 from click.testing import CliRunner
 
-from automl_tl.console import Console
+from automl_tl.plugin import Console, HeadConfig, HeadTask
 from automl_tl.plugins import get_plugins
-from automl_tl.strategy import HeadTask
-from automl_tl.train import HeadConfig
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +121,7 @@ def test_knn_info_command(plugins):
 
 def test_fit_with_the_default_backbone(tmp_path):
     from automl_tl import AutoTransfer
-    from automl_tl.demo import write_digits
+    from automl_tl.data.demo import write_digits
 
     data = write_digits(tmp_path / "digits", per_class=6, digits=(0, 1))
     model = AutoTransfer(strategy="faiss_knn", out=tmp_path / "run").fit(data)

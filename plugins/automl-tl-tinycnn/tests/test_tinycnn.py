@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from automl_tl.backbone import FeatureExtractor
-from automl_tl.errors import BackboneError
+from automl_tl.plugin import BackboneError, FeatureExtractor, check_backbone
 from automl_tl.plugins import get_plugins
 
 
@@ -36,6 +35,11 @@ def test_registered_by_its_own_plugin(spec):
     assert plugins.owner["backbones", "tinycnn"] == "tinycnn"
     assert "tinycnn" not in plugins.failures
     assert plugins.versions["tinycnn"] != "?"
+
+
+def test_passes_the_engine_backbone_contract(spec):
+    check_backbone(spec)  # the check every built-in backbone passes
+    check_backbone(spec, spec.build())  # also with the seeded "pretrained" weights
 
 
 def test_stage_maps_match_declared_widths_and_strides(spec):
@@ -91,8 +95,8 @@ def test_wrong_weight_file_names_the_file(spec, tmp_path):
 
 def test_fit_exports_a_model_that_onnxruntime_reproduces(tmp_path):
     from automl_tl import AutoTransfer
-    from automl_tl.demo import write_digits
-    from automl_tl.inference import Predictor
+    from automl_tl.data.demo import write_digits
+    from automl_tl.export.predictor import Predictor
 
     data = write_digits(tmp_path / "digits", per_class=8, digits=(0, 1))
     model = AutoTransfer(backbone="tinycnn", epochs=20, out=tmp_path / "run").fit(data)

@@ -1,0 +1,314 @@
+"""A fit, as steps read top to bottom:
+
+    read the data (scan, audit, split) -> load the backbone -> embed (feature cache)
+    -> analyse (size, similarity) -> plan -> choose the frozen view
+    -> fine-tune if it earns its cost, else fit the frozen head -> evaluate
+    -> export and check -> write the run folder
+
+Each step is a function of the rooms below (data, features, decide, train, export, report)
+that takes and returns plain values; the plan is never changed in place, each step returns the
+plan it leaves. `fit` and `analyze` share their first steps. AutoTransfer (automl_tl.estimator)
+is a thin shell over these two functions; the CLI prints what they return.
+
+Under torchrun every rank runs every step (the collective ones, embedding and fine-tuning,
+split the work); rank 0 alone exports and writes the run folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from .core.console import Console
+from .core.contract import HeadConfig
+from .core.distributed import barrier, init_distributed
+from .core.errors import AutoTLError, Interrupted
+from .core.files import default_cache_dir
+from .data.dataset import Dataset, read_data
+from .data.input_size import choose_input
+from .decide.analysis import Analysis, analyse
+from .decide.banks import load_bank
+from .decide.frozen import choose_frozen, searches_views, with_frozen_choice, with_warm_start
+from .decide.planner import Plan, make_plan, thresholds
+from .export.publish import export_model, metadata
+from .features import ops
+from .features.cache import FeatureCache
+from .features.memo import Memo
+from .plugins import get_plugins
+from .report.metrics import fit_metrics
+from .report.run_folder import RunFolder, default_run_dir
+from .report.summary import AnalysisSummary, FitSummary
+from .report.write import write_run
+from .settings import Settings
+from .train.estimates import budget, describe, measure_candidates
+from .train.run import Trained, fine_tune, fit_frozen, kept_spec
+from .train.warm import fit_warm_start, rewarm_at
+
+__all__ = ["fit", "analyze", "FitResult", "AnalysisResult"]
+
+RUNS = "runs"  # where run folders go when --out is not given
+
+
+@dataclass(frozen=True)
+class Session:
+    """What every step of one fit shares: its settings, where it talks, the plugins, the cache
+    folder and the cache's memo, and this process's rank under torchrun."""
+
+    settings: Settings
+    console: Console
+    plugins: object
+    cache_root: Path
+    memo: Memo
+    rank: int = 0
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The first steps' results, shared by fit and analyze."""
+
+    data: Dataset
+    spec: object  # the BackboneSpec
+    net: object  # its built network
+    features: FeatureCache
+
+
+@dataclass(frozen=True)
+class AnalysisResult:
+    data: Dataset
+    spec: object
+    analysis: Analysis
+    plan: Plan
+
+    def summary(self) -> AnalysisSummary:
+        return AnalysisSummary(self.plan.to_dict())
+
+
+@dataclass(frozen=True)
+class FitResult:
+    run_dir: Path
+    model_path: Path
+    report_path: Path | None
+    data: Dataset
+    spec: object  # the backbone at the input the kept model takes
+    analysis: Analysis
+    plan: Plan
+    trained: Trained
+    metrics: dict
+    export_check: dict
+    cache_stats: dict
+
+    def summary(self) -> FitSummary:
+        return FitSummary.of(self)
+
+
+# What Ctrl-C during each step interrupted, what of it is kept, and how to continue.
+_INTERRUPTED = {
+    "audit": "the verdicts of the files checked so far are remembered; run the same command again",
+    "embed": "the features computed so far are in the feature cache; the same command "
+    "continues from there",
+    "fine-tune": "the last finished epoch is checkpointed; repeat the command with the same "
+    "--out and add --resume to continue from it",
+}
+
+
+@contextlib.contextmanager
+def _step(name: str):
+    try:
+        yield
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:
+        then = _INTERRUPTED.get(
+            name, "nothing half-written is kept; run the same command again (cached "
+            "features are reused)"
+        )  # fmt: skip
+        raise Interrupted(f"interrupted during {name}: {then}") from None
+
+
+def _session(settings: Settings, rank: int = 0) -> Session:
+    quiet = settings.quiet or rank != 0
+    console = Console(quiet) if rank == 0 else Console(True, io.StringIO())
+    root = Path(settings.cache_dir) if settings.cache_dir is not None else default_cache_dir()
+    return Session(settings, console, get_plugins(), root, Memo(root, console), rank)
+
+
+def _prepare(source, s: Session, exclude: tuple[Path, ...] = ()) -> Prepared:
+    """Read the data, load the backbone, open its feature cache."""
+    st = s.settings
+    spec = s.plugins.backbone(st.backbone)
+    with _step("audit"):
+        data = read_data(
+            source, st.val_fraction, st.seed, s.console, st.strict, s.memo, exclude
+        )  # fmt: skip
+    net = spec.build(st.weights, allow_download=st.allow_download)
+    features = FeatureCache(
+        spec, net, s.cache_root, st.cache_dtype, st.engine, st.batch_size, s.console
+    )  # fmt: skip
+    return Prepared(data, spec, net, features)
+
+
+def _analyse(p: Prepared, s: Session) -> tuple[Analysis, Plan]:
+    """Profile the data (size, similarity, stage probes) and plan from the profile."""
+    st = s.settings
+    bank = load_bank(st.source_bank, p.spec) if st.source_bank else None
+    with _step("analysis"):
+        analysis = analyse(
+            p.spec, p.net, p.data.train, p.data.val, p.data.test, p.data.classes, bank,
+            thresholds(st.size_ratio, st.similarity_pvalue), st.max_analysis_images, st.seed,
+            s.console, p.features,
+        )  # fmt: skip
+    plan = make_plan(
+        analysis.profile, p.spec, head_config(st), s.plugins, st.case, st.strategy
+    )  # fmt: skip
+    return analysis, plan
+
+
+def head_config(st: Settings) -> HeadConfig:
+    return HeadConfig(st.epochs, st.patience, st.lr, st.weight_decay, seed=st.seed)
+
+
+def analyze(source, settings: Settings) -> AnalysisResult:
+    """Scan, audit, split, analyse and plan, without training."""
+    s = _session(settings.checked())
+    p = _prepare(source, s)
+    analysis, plan = _analyse(p, s)
+    return AnalysisResult(p.data, p.spec, analysis, plan)
+
+
+def fit(source, settings: Settings) -> FitResult:
+    """The whole fit into a run folder, which is held for the fit's duration; a finished run
+    in it is kept unless `overwrite` (replaced when the new one has finished) or `resume`."""
+    started = time.perf_counter()
+    settings = settings.checked()
+    rank, size = init_distributed()  # (0, 1) unless launched by torchrun
+    if size > 1 and settings.out is None:
+        raise AutoTLError("under torchrun pass --out DIR so every process uses one run folder")
+    if settings.out is None:
+        new_base = not Path(RUNS).exists()
+        folder = RunFolder(default_run_dir(source, RUNS), created=True, parent_created=new_base)
+    else:
+        folder = RunFolder(settings.out)
+    # Under torchrun the ranks share rank 0's folder: rank 0 alone holds the lock.
+    s = _session(settings, rank)
+    with folder.claim(settings.overwrite, settings.resume, lock=rank == 0) as run:
+        result = _fit(source, s, run, (folder.path, run.path), started)
+    report = folder.file("report.html") if result.report_path else None
+    if report:
+        s.console.note(f"report: {report}")
+    return replace(
+        result, run_dir=folder.path, model_path=folder.file("model.onnx"), report_path=report
+    )
+
+
+def _fit(source, s: Session, run: RunFolder, exclude, started: float) -> FitResult:
+    st, console = s.settings, s.console
+    p = _prepare(source, s, exclude)
+    data, spec, features = p.data, p.spec, p.features
+    with _step("embed"):
+        features.ensure(data.everything)  # collective: every rank embeds its share
+    analysis, plan = _analyse(p, s)
+    strategy = s.plugins.strategy(plan.strategy)
+    fitted, warm = None, None
+    if strategy.kind == "images":
+        with _step("the frozen choice"):
+            choice = choose_frozen(features, data, st.seed, console)
+            warm, C = fit_warm_start(features, choice.view, data, console, choice.fit)
+        plan = with_warm_start(plan, choice, warm.val_acc, C, spec, len(data.val))
+        plan, context = _fine_tune_plan(plan, p, s, warm, analysis, started)
+    elif searches_views(plan, st.strategy, st.case):
+        with _step("the frozen choice"):
+            choice = choose_frozen(features, data, st.seed, console, st.case != 2)
+        plan = with_frozen_choice(plan, choice, spec, len(data.val))
+        fitted = choice.fit
+        strategy = s.plugins.strategy(plan.strategy)
+    for reason in plan.reasons:
+        console.note(f"plan: {reason}")
+    if strategy.kind == "images":
+        with _step("fine-tune"):
+            trained = fine_tune(
+                strategy, st, p.net, features, plan, data, context, run.file("checkpoints")
+            )  # fmt: skip
+        plan = _after_fine_tuning(plan, trained)
+    else:
+        with _step("head training"):
+            trained = fit_frozen(strategy, p.net, features, plan, data, head_config(st),
+                                 console, fitted)  # fmt: skip
+    barrier()  # every rank has trained: rank 0 may now export and remove the checkpoints
+    kept = kept_spec(spec, trained)
+    cache_stats = {**features.stats.to_dict(), "backend": ops.backend()}
+    metrics = fit_metrics(
+        trained, data, plan, time.perf_counter() - started, cache_stats, warm
+    )  # fmt: skip
+    result = FitResult(run.path, run.file("model.onnx"), None, data, kept, analysis, plan,
+                       trained, metrics, {}, cache_stats)  # fmt: skip
+    if s.rank != 0:  # under torchrun, rank 0 alone exports and writes the run folder
+        return result
+    with _step("export"):
+        check = _export(trained, plan, kept, p, strategy, result.model_path, s)
+    metrics = {**metrics, "export_check": check}
+    with _step("writing the run folder"):
+        report = write_run(run, source, data, plan, metrics, trained.predictions[1])
+    run.remove_checkpoints()  # the run finished: nothing will resume them
+    return replace(result, report_path=report, metrics=metrics, export_check=check)
+
+
+def _fine_tune_plan(plan: Plan, p: Prepared, s: Session, warm, analysis, started: float):
+    """Cases 3/4 before training: the input of full fine-tuning, the budget left, and every
+    candidate's measured estimate. Returns the plan and what fine-tuning is handed."""
+    st, own = s.settings, p.spec.preprocessing
+    tuning, why = choose_input(own, st.input_size, [x.path for x in p.data.train], st.seed)
+    if why:
+        plan = plan.adding(
+            f"fine-tuning {why}; the frozen choice stays at {own.crop_size}x{own.crop_size}, "
+            "where frozen features measured better"
+        )
+    left = budget(st.time_budget, started)
+    plan = plan.adding(left.reason(), time_budget=left.record())
+    # the frozen graph's speed as this run measured it, or as the last run that embedded
+    # into this cache did (a warm run embeds nothing); torch eager's when neither did, which
+    # is slower: the estimate errs long
+    rate = p.features.embed_rate() or analysis.images_per_second
+    with _step("the estimates"):
+        estimates = measure_candidates(
+            p.features, warm, p.data, rate, left.deadline, st, tuning, plan.case == 4
+        )  # fmt: skip
+    plan = plan.adding(*describe(estimates), estimates=estimates)
+    context = {
+        "warm": warm,
+        "estimates": estimates,
+        "deadline": left.deadline,
+        "tuning": tuning,
+        "rewarm": rewarm_at(p.features, p.data, s.console),
+    }
+    return plan, context
+
+
+def _after_fine_tuning(plan: Plan, trained: Trained) -> Plan:
+    """The plan with which candidate ran and which model was kept, at what input."""
+    estimates = [{**e, "ran": True} if e["candidate"] == trained.ran else e for e in plan.estimates]
+    changes = {"estimates": estimates, "input_size": trained.preprocessing.crop_size}
+    if trained.kept:
+        changes["outcome"] = trained.kept
+    return plan.adding(**changes)
+
+
+def _export(trained: Trained, plan: Plan, kept, p: Prepared, strategy, path: Path, s: Session):
+    """model.onnx: the embedding graph joined to a frozen head (a joined view is traced),
+    else the whole model traced; checked on up to 16 validation images."""
+    features, data = p.features, p.data
+    composed = features.onnx_path() if strategy.kind != "images" and not plan.parts else None
+    view = plan.view or plan.cut
+    check = data.val[:16]
+    stored, output, width = None, None, None
+    if composed:
+        stored = features.rows(check, view).dequantize().numpy()
+        output = f"stage{features.view_names.index(view)}"
+        width = kept.stages[kept.stage_index(plan.cut)].width * plan.grid**2
+    meta = metadata(data.classes, kept, s.settings.weights, plan)
+    return export_model(
+        trained.model, path, meta, kept.preprocessing.crop_size, [x.path for x in check],
+        composed, output, stored, width, s.console,
+    )  # fmt: skip
