@@ -47,3 +47,25 @@ def test_predict_score_and_export(fitted, digits_dir, tmp_path):
     path = fitted.export_onnx(tmp_path / "sub" / "copy.onnx")
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert json.loads(meta["automl_tl.classes"]) == fitted.classes_
+
+
+@pytest.mark.parametrize(
+    "params,said",
+    [
+        ({"time_budget": -5}, "time_budget=-5 is not allowed; use a number above 0"),
+        ({"epochs": 0}, "epochs=0 is not allowed; use a whole number at least 1"),
+        ({"case": 7}, "case=7 is not allowed; use a whole number at least 1 and at most 4"),
+        ({"finetune": "most"}, "finetune='most' is not allowed; use one of auto, partial, full"),
+        (
+            {"resume": True, "overwrite": True},
+            "resume and overwrite exclude each other; pass one of them",
+        ),
+    ],
+)
+def test_fit_refuses_bad_parameters_before_any_work(tmp_path, params, said):
+    from automl_tl.core.errors import AutoTLError
+
+    with pytest.raises(AutoTLError) as refused:
+        AutoTransfer(out=tmp_path / "run", cache_dir=tmp_path / "cache", **params).fit(tmp_path)
+    assert str(refused.value) == said
+    assert list(tmp_path.iterdir()) == []  # nothing written
