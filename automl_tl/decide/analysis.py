@@ -67,7 +67,10 @@ def bn_drift(
     t0 = time.perf_counter()
     with BNDriftRecorder(net, [s.name for s in spec.stages]) as bn:
         paths = [s.path for s in subset]
-        embed(extractor, paths, spec.preprocessing, 32, console, "torch", label="bn-drift")
+        # alone in every process (no collective): whether a rank measures at all depends on
+        # the memo, which another rank may have written a moment before
+        embed(extractor, paths, spec.preprocessing, 32, console, "torch", label="bn-drift",
+              shard=False)  # fmt: skip
     speed = len(subset) / max(time.perf_counter() - t0, 1e-9)
     drift = bn.drift()
     features.memo.put("bn-drift-v1", key, {"drift": drift, "torch_images_per_second": speed})

@@ -29,6 +29,7 @@ def embed(
     engine: str = "auto",
     model_dir: str | Path | None = None,
     label: str = "embed",
+    shard: bool = True,
 ) -> list[np.ndarray]:
     """Pooled features of every stage up to the extractor's cut, one (N, width) array per stage.
 
@@ -40,11 +41,12 @@ def embed(
             runs; None keeps them in a temporary folder for this process.
         label: the progress bar's name.
 
-    Under torch.distributed each process embeds `paths[rank::world]` and every process
-    receives all rows, in order.
+    Under torch.distributed (and `shard`) this is collective: each process embeds
+    `paths[rank::world]` and every process receives all rows, in order. With `shard` False a
+    process embeds everything alone (no collective call).
     """
     console = console or Console(quiet=True)
-    rank, size = world()
+    rank, size = world() if shard else (0, 1)
     if len(paths) < size:  # too few to shard: every process embeds everything
         rank, size = 0, 1
     total, paths = len(paths), list(paths)[rank::size]

@@ -24,6 +24,7 @@ import time
 import numpy as np
 
 from ..core.contract import ImageResult
+from ..core.distributed import broadcast_object
 from ..core.stats import standard_error
 from .estimates import MIN_EPOCHS, clock
 from .model import ExportModel
@@ -99,7 +100,8 @@ def warm_finetune(task, allow_scratch: bool) -> ImageResult:
         result = _run_full(task, choice)
     result.ran = choice["candidate"]
     if allow_scratch:
-        verdict, go = _scratch_verdict(task)
+        # rank 0's verdict on every rank: it reads the clock, and the scratch run is collective
+        verdict, go = broadcast_object(_scratch_verdict(task))
         result.notes.append(verdict)
         if go:
             result = _run_scratch(task, result)

@@ -137,6 +137,7 @@ def rewarm_at(features, data, console):
         if found is None:
             return None
         cache, view = found
+        cache.ensure(data.train + data.val)  # collective: every rank refits the warm start
         return fit_warm_start(cache, view, data, console, with_test=False)[0]
 
     return rewarm
