@@ -8,7 +8,7 @@ side by side on the same data, model, seed and schedule.
 Methods (one entry each in METHODS; another method is one more function and entry):
   full-old   every image decoded and augmented with PIL on every use (as before)
   full-new   each image decoded once per run into a uint8 store, augmented as tensors, at the
-             input size chosen from the images (imagedata.choose_input, as fit does)
+             input size chosen from the images (data.input_size.choose_input, as fit does)
   full-new-fixed   full-new at the backbone's own input size (separates the two effects)
   partial    the top 2 stages trained on cached maps of the stage below them, warm-started
              from a linear probe (automl_tl.train.tune_top; setup = caching the maps, in the budget)

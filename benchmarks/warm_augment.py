@@ -5,8 +5,8 @@
 
 For each policy a fit with `AutoTransfer(case=3, finetune="full")`: the frozen choice, its
 warm start (refitted at the fine-tuning input when that is smaller), then `--epochs` epochs
-of full fine-tuning with lpft.warm_config, whose augmentation is replaced by the policy
-("none": no augmentation; the others: imagedata.AUGMENTS). Printed per policy: the warm
+of full fine-tuning with train.tune.warm_config, whose augmentation is replaced by the policy
+("none": no augmentation; the others: data.augment.AUGMENTS). Printed per policy: the warm
 start's validation accuracy and, per epoch, training loss and validation accuracy. With
 --per-class, DIR/train/<class>/ is cut to the first N images per class and the next M are
 the validation folder (symlinks in a temporary folder); otherwise DIR is used as it is.

@@ -200,7 +200,7 @@ class ImageTask:
     deadline: float | None = None
     mode: str = "auto"
     seed: int = 0
-    # Full fine-tuning's input (data.augment.choose_input; None: the backbone's own) and
+    # Full fine-tuning's input (data.input_size.choose_input; None: the backbone's own) and
     # `rewarm(preprocessing, view)` -> the warm start refitted at that input, or None.
     input_preprocessing: object = None
     rewarm: Callable | None = None

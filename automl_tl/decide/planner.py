@@ -80,7 +80,7 @@ class Plan:
     estimates: list[dict] = field(default_factory=list)
     outcome: str = ""
     # The input crop of the kept model, evaluated and exported at it: the backbone's own,
-    # unless fine-tuning at a smaller input (imagedata.choose_input) was kept.
+    # unless fine-tuning at a smaller input (data.input_size.choose_input) was kept.
     input_size: int = 0
 
     def to_dict(self) -> dict:

@@ -2,7 +2,7 @@
 
 Under ``<root>/features/``: ``index.sqlite`` (WAL; tables spaces, shards, entries keyed by
 space, stage and image digest), ``shards/<uuid>.shard`` (immutable, one per put and stage; format
-in cache_format.py; ``<uuid>.tmp`` while written) and ``lock`` (writers share it, verify and clear
+in store_format.py; ``<uuid>.tmp`` while written) and ``lock`` (writers share it, verify and clear
 take it alone, so they never delete a file a live put is about to index).
 
 Crash safety: a put writes every shard under a temporary name, fsyncs it, renames it to its final

@@ -16,7 +16,7 @@ The `data` dict (every key optional; missing or None parts are shown as "not rec
   median_score, bank_median_score, share_below_bank_q05, bank}, source_classifier
   {mean_max_softmax, median_neg_energy, ...}, bn_drift {stage: drift}, probes {stage: acc},
   probe_n
-- "metrics": what api.py writes to metrics.json: split {train, validation, test,
+- "metrics": what report.metrics writes to metrics.json: split {train, validation, test,
   validation_source, model_chosen_on, leakage_messages [str]}, validation and optional test
   {n, accuracy, balanced_accuracy, per_class {class: {precision, recall, f1, support}},
   confusion_matrix (rows true, columns predicted)}, history [{epoch, train_loss, train_acc,

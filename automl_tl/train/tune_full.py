@@ -74,7 +74,7 @@ class FinetuneConfig:
     seed: int = 0
     num_workers: int | None = None  # loader processes; None: auto (see _auto_workers)
     augment: bool = True
-    augment_policy: str = "standard"  # a name in imagedata.AUGMENTS
+    augment_policy: str = "standard"  # a name in data.augment.AUGMENTS
     # BatchNorm statistics kept as loaded: a warm-started head was fitted on features made
     # with them (chest_xray, full fine-tuning from the frozen head with them updating:
     # validation 0.986 -> 0.739 after one epoch)

@@ -57,7 +57,7 @@ def warm_config(config):
     - No augmentation: the head was fitted on features of the evaluation crop. The standard
       crops (35-100% of the area) and flips move what each cell of a pooled grid sees, so
       the warm head starts far from its optimum on them. A gentle policy (crops of 75-100%
-      near square, no flip; imagedata.AUGMENTS["gentle"]) was measured too and is not better
+      near square, no flip; data.augment.AUGMENTS["gentle"]) was measured too and is not better
       on the full datasets, though without augmentation the head already fits the training
       set (training loss 0.006-0.009) and the backbone gets little signal.
 
