@@ -148,9 +148,8 @@ def test_an_epoch_beyond_the_noise_is_kept_and_trains_only_the_top(warm):
     top = top_model(spec, net, after, view.stage_index, view.grid, head)
     config = PartialConfig(epochs=2, batch_size=8, lr=1e-4, trial_z=-1e9, accept_z=-1e9)
     res = train_top(top, rt, yt, rv, yv, 3, config)
-    assert res.best_epoch in (1, 2)
     best = max(res.history[1:], key=lambda h: (h["val_acc"], -h["val_loss"]))
-    assert res.best_epoch == best["epoch"]
+    assert res.best_epoch == best["epoch"] >= 1  # accept_z -1e9: a trained epoch is kept
     np.testing.assert_array_equal(res.val_pred, predict_maps(top, rv))
     changed = {
         k.split(".")[1]
@@ -211,7 +210,8 @@ def test_partial_fit_records_estimates_budget_and_outcome(digits, tmp_path):
     assert plan["time_budget"]["seconds"] == 1200
     assert any(r.startswith("time budget: 1200s (default") for r in plan["reasons"])
     assert plan["warm_start"]["view"] == plan["view"]
-    assert plan["outcome"] in ("partial", "frozen")
+    # the warm start already validates at 1.0 on these 24 images: no epoch can beat it
+    assert plan["warm_start"]["val_acc"] == 1.0 and plan["outcome"] == "frozen"
     metrics = json.loads((model.run_dir_ / "metrics.json").read_text())
     notes = "\n".join(metrics["notes"])
     assert "fine-tuned block" in notes or "kept the warm start" in notes
