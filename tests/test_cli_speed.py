@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -315,3 +316,31 @@ def test_the_check_names_a_missing_cut_tensor_in_one_line(composed):
     model, path, batch, _ = composed
     with pytest.raises(ExportError, match=r"has no tensor 'stage99' to check the backbone cut"):
         check_parity(model, path, batch, stage_output="stage99")
+
+
+def test_backbones_lists_every_backbone_without_importing_torch():
+    """Parameter counts are declared (the contract test checks them) and the torch hub
+    folder is found without torch: the table needs no network built, no torch imported."""
+    code = (
+        "from click.testing import CliRunner\n"
+        "from automl_tl.cli import main\n"
+        "res = CliRunner().invoke(main, ['backbones', '--json'])\n"
+        "assert res.exit_code == 0, res.output\n"
+    )
+    assert _modules_after(code)["imported"] == ["numpy"]  # each spec's Preprocessing only
+
+
+@pytest.mark.parametrize("env", [{}, {"TORCH_HOME": "th"}, {"XDG_CACHE_HOME": "xdg"}])
+def test_the_torch_hub_folder_is_torchs_own(env, tmp_path, monkeypatch):
+    import torch.hub
+
+    from automl_tl.plugins import weights
+
+    for key in ("TORCH_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, str(tmp_path / value))
+    monkeypatch.delitem(sys.modules, "torch.hub")  # the torch-free path
+    found = weights.torch_hub_dir()
+    monkeypatch.setitem(sys.modules, "torch.hub", torch.hub)
+    assert found == Path(torch.hub.get_dir())

@@ -4,6 +4,7 @@ a download into that cache. Nothing touches the network unless the user allowed 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from ..core.errors import BackboneError
@@ -24,11 +25,21 @@ def download_allowed(flag: bool = False) -> bool:
     return flag or os.environ.get(ALLOW_DOWNLOAD_ENV, "") == "1"
 
 
+def torch_hub_dir() -> Path:
+    """torch.hub.get_dir() without importing torch (a second of start-up for `automl-tl
+    backbones`): $TORCH_HOME/hub, else $XDG_CACHE_HOME/torch/hub, else ~/.cache/torch/hub;
+    torch's own answer once torch.hub is imported (it may have been moved by set_dir)."""
+    hub = sys.modules.get("torch.hub")
+    if hub is not None:
+        return Path(hub.get_dir())
+    cache = os.environ.get("XDG_CACHE_HOME", os.path.join("~", ".cache"))
+    home = os.environ.get("TORCH_HOME", os.path.join(cache, "torch"))
+    return Path(os.path.expanduser(home)) / "hub"
+
+
 def hub_checkpoint(filename: str) -> Path:
     """Where torch.hub keeps a downloaded checkpoint ($TORCH_HOME/hub/checkpoints/...)."""
-    import torch.hub
-
-    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+    return torch_hub_dir() / "checkpoints" / filename
 
 
 def find_weights(
