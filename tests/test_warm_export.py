@@ -23,7 +23,9 @@ from automl_tl.data.demo import write_digits
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Runs the CLI in a fresh interpreter and prints, last, which onnx modules got imported.
+# Runs the CLI in a fresh interpreter and prints, last, which of the modules a warm fit has no
+# use for got imported: onnx (composing a model) and torchvision (its import loads the model
+# zoo and torch._dynamo: about a second).
 DRIVER = textwrap.dedent(
     """
     import json, sys
@@ -31,7 +33,10 @@ DRIVER = textwrap.dedent(
     try:
         main.main(sys.argv[1:], standalone_mode=False)
     finally:
-        loaded = sorted(m for m in sys.modules if m == "onnx" or m.startswith("onnx."))
+        loaded = sorted(
+            m for m in sys.modules
+            if m in ("onnx", "torchvision", "torch._dynamo") or m.startswith("onnx.")
+        )
         print(json.dumps(loaded))
     """
 )

@@ -1,19 +1,19 @@
-"""TODO."""
+"""Training augmentations of fine-tuning on images: the policies (what crops and flips each
+allows, as data) and the torchvision transforms built from them. torchvision is imported when
+a transform is built: importing it (its model zoo, torch._dynamo) costs a warm re-fit a
+second it has no use for."""
 
 from __future__ import annotations
 
 import dataclasses
-
-import torch
-from torchvision.transforms import v2
+from typing import TYPE_CHECKING
 
 from .preprocess import Preprocessing
 
-_INTERPOLATION = {
-    "bilinear": v2.InterpolationMode.BILINEAR,
-    "bicubic": v2.InterpolationMode.BICUBIC,
-    "nearest": v2.InterpolationMode.NEAREST,
-}
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
+
+__all__ = ["Augment", "AUGMENTS", "train_transform", "tensor_train_transform"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,12 +39,14 @@ AUGMENTS = {
 
 def _crop_flip(prep: Preprocessing, policy: str = "standard") -> list:
     """The geometric half of the training augmentation (PIL images and tensors alike)."""
+    from torchvision.transforms import v2
+
     aug = AUGMENTS[policy]
     crop = v2.RandomResizedCrop(
         prep.crop_size,
         scale=aug.scale,
         ratio=aug.ratio,
-        interpolation=_INTERPOLATION[prep.interpolation],
+        interpolation=v2.InterpolationMode(prep.interpolation),
         antialias=True,
     )
     return [crop, v2.RandomHorizontalFlip()] if aug.flip else [crop]
@@ -52,6 +54,9 @@ def _crop_flip(prep: Preprocessing, policy: str = "standard") -> list:
 
 def train_transform(prep: Preprocessing, policy: str = "standard") -> v2.Compose:
     """Training augmentation: PIL RGB -> float32 CHW in [0, 1] of size crop_size."""
+    import torch
+    from torchvision.transforms import v2
+
     return v2.Compose(
         [
             *_crop_flip(prep, policy),
@@ -69,6 +74,9 @@ def tensor_train_transform(prep: Preprocessing, policy: str = "standard") -> v2.
     between its steps). On one core 1-2 ms per image from the decoded store, against 4.5-5.5 ms
     for decoding the JPEG and augmenting the PIL image (hymenoptera photos, 2-core EPYC).
     """
+    import torch
+    from torchvision.transforms import v2
+
     return v2.Compose(
         [
             *_crop_flip(prep, policy),
