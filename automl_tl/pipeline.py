@@ -23,10 +23,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .core.console import Console
-from .core.contract import HeadConfig
 from .core.distributed import barrier, init_distributed
 from .core.errors import AutoTLError, Interrupted
 from .core.files import default_cache_dir
+from .core.tasks import HeadConfig
 from .data.dataset import Dataset, read_data
 from .data.input_size import choose_input
 from .decide.analysis import Analysis, analyse

@@ -13,25 +13,34 @@ features) or an `ImageTask` (images), returning a `TrainResult` or an `ImageResu
 
 from __future__ import annotations
 
-from .core.console import Console
 from .core.contract import (
     STRATEGY_KINDS,
     BackboneNet,
     BackboneSpec,
-    HeadConfig,
-    HeadTask,
-    ImageResult,
-    ImageTask,
     Stage,
     StrategySpec,
-    TrainResult,
     TrainsFromMaps,
 )
 from .core.errors import AutoTLError, BackboneError
-from .core.files import file_sha256
-from .data.preprocess import Preprocessing
 from .plugins.hookspecs import PROJECT, AutoTLSpec, hookimpl, hookspec
-from .plugins.weights import find_weights, hub_checkpoint, load_state_dict_file
+
+# The rest loads on first use (module __getattr__ below): a plugin that imports only what
+# its module level needs keeps `automl-tl --help` as fast as without it.
+_LAZY = {
+    "Console": "core.console",
+    "file_sha256": "core.files",
+    "HeadConfig": "core.tasks",
+    "HeadTask": "core.tasks",
+    "ImageResult": "core.tasks",
+    "ImageTask": "core.tasks",
+    "TrainResult": "core.tasks",
+    "Preprocessing": "data.preprocess",
+    "find_weights": "plugins.weights",
+    "hub_checkpoint": "plugins.weights",
+    "load_state_dict_file": "plugins.weights",
+    "FeatureExtractor": "features.extractor",
+    "check_backbone": "plugins.contract_check",
+}
 
 __all__ = [
     "hookimpl",
@@ -42,34 +51,35 @@ __all__ = [
     "BackboneNet",
     "TrainsFromMaps",
     "Stage",
-    "Preprocessing",
+    "Preprocessing",  # noqa: F822 (module __getattr__)
     "StrategySpec",
     "STRATEGY_KINDS",
-    "HeadTask",
-    "ImageTask",
-    "HeadConfig",
-    "TrainResult",
-    "ImageResult",
-    "Console",
+    "HeadTask",  # noqa: F822 (module __getattr__)
+    "ImageTask",  # noqa: F822 (module __getattr__)
+    "HeadConfig",  # noqa: F822 (module __getattr__)
+    "TrainResult",  # noqa: F822 (module __getattr__)
+    "ImageResult",  # noqa: F822 (module __getattr__)
+    "Console",  # noqa: F822 (module __getattr__)
     "AutoTLError",
     "BackboneError",
-    "load_state_dict_file",
-    "find_weights",
-    "hub_checkpoint",
-    "file_sha256",
+    "load_state_dict_file",  # noqa: F822 (module __getattr__)
+    "find_weights",  # noqa: F822 (module __getattr__)
+    "hub_checkpoint",  # noqa: F822 (module __getattr__)
+    "file_sha256",  # noqa: F822 (module __getattr__)
     "FeatureExtractor",  # noqa: F822 (module __getattr__)
     "check_backbone",  # noqa: F822 (module __getattr__)
 ]
 
 
 def __getattr__(name: str):
-    # torch-backed helpers, loaded on first use
-    if name == "FeatureExtractor":
-        from .features.extractor import FeatureExtractor
+    if name in _LAZY:
+        import importlib
 
-        return FeatureExtractor
-    if name == "check_backbone":
-        from .plugins.contract_check import check_backbone
-
-        return check_backbone
+        value = getattr(importlib.import_module(f"automl_tl.{_LAZY[name]}"), name)
+        globals()[name] = value  # once
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -61,7 +61,7 @@ def ours(rows_train, y_train, rows_val, y_val, k: int) -> tuple[float, float, st
 
 
 def adamw(rows_train, y_train, rows_val, y_val, k: int) -> tuple[float, float, str]:
-    from automl_tl.core.contract import HeadConfig
+    from automl_tl.core.tasks import HeadConfig
     from automl_tl.train.heads import train_head
 
     t = time.perf_counter()

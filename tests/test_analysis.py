@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from automl_tl.core.contract import HeadConfig
 from automl_tl.core.errors import AutoTLError
+from automl_tl.core.tasks import HeadConfig
 from automl_tl.data.demo import write_digits
 from automl_tl.data.files import Sample
 from automl_tl.data.split import stratified_subset

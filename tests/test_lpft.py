@@ -281,7 +281,7 @@ def test_from_scratch_run_is_kept_when_it_validates_better(tmp_path):
     from types import SimpleNamespace
 
     from automl_tl.core.console import Console
-    from automl_tl.core.contract import ImageResult
+    from automl_tl.core.tasks import ImageResult
     from automl_tl.train.tune import _run_scratch
     from automl_tl.train.tune_full import CHECKPOINT_NAME, FinetuneConfig, load_checkpoint
 

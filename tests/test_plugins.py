@@ -13,15 +13,9 @@ from click.testing import CliRunner
 from torch import nn
 
 import automl_tl.plugins
-from automl_tl.core.contract import (
-    BackboneSpec,
-    HeadConfig,
-    HeadTask,
-    Stage,
-    StrategySpec,
-    TrainResult,
-)
+from automl_tl.core.contract import BackboneSpec, Stage, StrategySpec
 from automl_tl.core.errors import AutoTLError
+from automl_tl.core.tasks import HeadConfig, HeadTask, TrainResult
 from automl_tl.data.preprocess import Preprocessing
 from automl_tl.decide.planner import make_plan
 from automl_tl.decide.profile import add_verdicts, size_profile

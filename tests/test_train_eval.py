@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from automl_tl.core.contract import HeadConfig
 from automl_tl.core.stats import classification_metrics
+from automl_tl.core.tasks import HeadConfig
 from automl_tl.train.heads import train_head
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import sys
-import traceback
 
 import click
 
@@ -124,6 +123,8 @@ def clean_errors(func):
 
 def _fail(line: str, verbose: bool) -> None:
     if verbose:
+        import traceback
+
         traceback.print_exc()
     click.echo(line, err=True)
     sys.exit(1)

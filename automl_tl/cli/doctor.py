@@ -4,16 +4,11 @@ onnxruntime providers, CUDA and FAISS GPU, cache location and size, plugins)."""
 from __future__ import annotations
 
 import importlib.metadata as md
-import json
 import os
 import platform
 import shutil
 
-import click
-
-from ..core.machine import available_memory, cpu_count
-
-__all__ = ["collect", "format_report", "COMMANDS"]
+__all__ = ["collect", "format_report"]
 
 _PACKAGES = (
     "automl-tl",
@@ -103,14 +98,20 @@ def _plugins() -> dict:
     }
 
 
+def _machine():
+    from ..core import machine
+
+    return machine
+
+
 def collect() -> dict:
     """Every check as a JSON-ready dict; a failing check holds its error message."""
     return {
         "versions": _versions(),
         "platform": {
             "system": platform.platform(),
-            "cpus": cpu_count(),
-            "memory_available_bytes": available_memory(),
+            "cpus": _machine().cpu_count(),
+            "memory_available_bytes": _machine().available_memory(),
             "compiler": shutil.which(os.environ.get("CXX", "c++")),
         },
         "compiled_ops": _guard(_ops),
@@ -172,14 +173,3 @@ def format_report(info: dict) -> str:
     else:
         lines.append(f"plugins: {pl}")
     return "\n".join(lines)
-
-
-@click.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def doctor(as_json):
-    """Versions, compiled ops, onnxruntime providers, CUDA / FAISS GPU, cache, plugins."""
-    info = collect()
-    click.echo(json.dumps(info, indent=2) if as_json else format_report(info))
-
-
-COMMANDS = (doctor,)

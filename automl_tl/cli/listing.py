@@ -1,4 +1,5 @@
-"""`automl-tl plugins | backbones | strategies`: what is installed, as tables or JSON."""
+"""`automl-tl plugins | backbones | strategies | doctor`: what is installed, as tables or JSON
+(doctor's checks live in cli.doctor, imported when it runs)."""
 
 from __future__ import annotations
 
@@ -94,4 +95,14 @@ def strategies_command(as_json):
     _emit(rows, ["name", "case", "plugin", "description"], as_json, ps.failures)
 
 
-COMMANDS = (plugins_command, backbones_command, strategies_command)
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def doctor(as_json):
+    """Versions, compiled ops, onnxruntime providers, CUDA / FAISS GPU, cache, plugins."""
+    from .doctor import collect, format_report
+
+    info = collect()
+    click.echo(json.dumps(info, indent=2) if as_json else format_report(info))
+
+
+COMMANDS = (plugins_command, backbones_command, strategies_command, doctor)

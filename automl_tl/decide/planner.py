@@ -25,8 +25,9 @@ import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 
-from ..core.contract import BackboneSpec, HeadConfig
+from ..core.contract import BackboneSpec
 from ..core.errors import AutoTLError
+from ..core.tasks import HeadConfig
 from .profile import DatasetProfile, Thresholds
 
 __all__ = [

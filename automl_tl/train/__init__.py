@@ -15,9 +15,9 @@ def __getattr__(name: str):
     # `from automl_tl.train import TrainResult` predates this package (it was one module);
     # those names resolve here without importing torch until they are used.
     if name in ("HeadConfig", "TrainResult"):
-        from ..core import contract
+        from ..core import tasks
 
-        return getattr(contract, name)
+        return getattr(tasks, name)
     if name in ("LinearHead", "train_head", "head_batch_size"):
         from . import heads
 

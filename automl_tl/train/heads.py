@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..core.console import Console
-from ..core.contract import HeadConfig, TrainResult
+from ..core.tasks import HeadConfig, TrainResult
 from ..features import ops
 
 __all__ = ["LinearHead", "HeadConfig", "TrainResult", "train_head", "head_batch_size"]

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..core.console import Console
-from ..core.contract import TrainResult
+from ..core.tasks import TrainResult
 from .heads import LinearHead, _dequantize_all, _feature_scale, _threads, balanced_weights
 
 __all__ = ["LogRegResult", "fit_logreg", "logreg_result", "DEFAULT_CS", "as_float_rows"]

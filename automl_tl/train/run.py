@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.contract import HeadConfig, HeadTask, ImageTask
+from ..core.tasks import HeadConfig, HeadTask, ImageTask
 from ..data.preprocess import Preprocessing
 from ..features.extractor import FeatureExtractor
 from .model import ExportModel, predict_files

@@ -23,9 +23,9 @@ import time
 
 import numpy as np
 
-from ..core.contract import ImageResult
 from ..core.distributed import broadcast_object
 from ..core.stats import standard_error
+from ..core.tasks import ImageResult
 from .estimates import MIN_EPOCHS, clock
 from .model import ExportModel
 from .tune_top import PartialConfig, train_top

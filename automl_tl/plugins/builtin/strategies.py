@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from ..hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from ...core.contract import HeadTask, ImageTask, TrainResult
+    from ...core.tasks import HeadTask, ImageTask, TrainResult
 
 
 def _linear_head(task: HeadTask) -> TrainResult:
