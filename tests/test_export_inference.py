@@ -147,7 +147,8 @@ def test_a_model_fine_tuned_at_a_smaller_input_is_evaluated_and_exported_at_it(
     ).fit(data)
     plan = json.loads((model.run_dir_ / "plan.json").read_text())
     full = next(e for e in plan["estimates"] if e["kind"] == "full")
-    assert full["input_size"] == 96 and full["setup_seconds"] > 0
+    # the warm start is refitted at 96 px: all 36 train + validation images embedded there
+    assert full["input_size"] == 96 and full["setup_images"] == 36
     reason = next(r for r in plan["reasons"] if r.startswith("fine-tuning input size"))
     assert reason.startswith("fine-tuning input size: 96x96, not the backbone's 224x224")
     assert "median shorter side is 24 px" in reason

@@ -183,6 +183,7 @@ def estimate_candidates(
                     "stages": f"{spec.stages[0].name}..{spec.stages[cut].name}{at}",
                     "seconds_per_epoch": round(full_epoch, 1),
                     "setup_seconds": round(setup, 1),
+                    "setup_images": todo if kind == "full" else 0,  # to embed before training
                     "epochs": n_epochs,
                     "seconds": round(seconds, 1),
                     "input_size": small.crop_size,
@@ -220,6 +221,7 @@ def estimate_candidates(
                     f"cached {spec.stages[after].name} maps {map_shape(spec, after)}",
                     "seconds_per_epoch": round(epoch_s, 1),
                     "setup_seconds": round(setup, 1),
+                    "setup_images": todo,
                     "epochs": epochs,
                     "seconds": round(setup + epochs * epoch_s, 1),
                     "map_store_mb": round(store / 1e6, 1),
