@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,23 +19,53 @@ def pytest_addoption(parser):
         "--clock-scale",
         type=float,
         default=None,
-        help="scale time.perf_counter and time.monotonic in the test process by this factor: "
-        "the machine then seems that many times slower (> 1) or faster (< 1) to every timing",
+        help="make every duration automl-tl measures in the test process F times what it is: "
+        "the machine then seems F times slower (F > 1) or faster (F < 1) to the engine; the "
+        "tests' own waits (for a subprocess, a browser) keep the real clock",
     )
+
+
+class _ScaledTime:
+    """The `time` module as automl-tl's modules see it under --clock-scale: perf_counter and
+    monotonic run `factor` times as fast from now on; everything else is time's own."""
+
+    def __init__(self, factor: float):
+        self._factor = factor
+        self._starts = {name: getattr(time, name)() for name in ("perf_counter", "monotonic")}
+
+    def _scaled(self, name: str) -> float:
+        start = self._starts[name]
+        return start + (getattr(time, name)() - start) * self._factor
+
+    def perf_counter(self) -> float:
+        return self._scaled("perf_counter")
+
+    def monotonic(self) -> float:
+        return self._scaled("monotonic")
+
+    def __getattr__(self, name):
+        return getattr(time, name)
 
 
 @pytest.fixture(autouse=True)
 def scaled_clock(request, monkeypatch):
-    """With --clock-scale F, every duration the engine measures in this process is F times
-    what it was: a test that depends on how fast the machine is fails under one F or another."""
+    """With --clock-scale F, every automl_tl module that imported `time` sees a clock F times
+    as fast (all of them are imported first): a test whose outcome depends on how fast the
+    machine is fails under one F or another."""
     factor = request.config.getoption("--clock-scale")
     if factor:
-        for name in ("perf_counter", "monotonic"):
-            real = getattr(time, name)
-            start = real()
-            monkeypatch.setattr(
-                time, name, lambda real=real, start=start: start + (real() - start) * factor
-            )
+        import importlib
+        import pkgutil
+
+        import automl_tl
+
+        for info in pkgutil.walk_packages(automl_tl.__path__, "automl_tl."):
+            if not info.name.endswith("__main__"):  # that one runs the CLI
+                importlib.import_module(info.name)
+        clock = _ScaledTime(factor)
+        for name, module in list(sys.modules.items()):
+            if name.startswith("automl_tl") and getattr(module, "time", None) is time:
+                monkeypatch.setattr(module, "time", clock)
     yield
 
 
