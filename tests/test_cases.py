@@ -190,7 +190,7 @@ def test_plan_and_metrics_keep_the_decision_log(case3):
 def test_case4_skips_from_scratch_when_the_pretrained_features_carry_over(mn_small, tmp_path):
     """3 vs 8 on 6 digits each: the last stage, pooled, validates perfectly, so the evidence
     for training from random weights (a frozen choice peaking early) is absent."""
-    model = _finetuned(4, mn_small, tmp_path / "run", time_budget=3600)
+    model = _finetuned(4, mn_small, tmp_path / "run", time_budget=1e7)  # time never binds
     metrics = read_json(model.run_dir_ / "metrics.json")
     assert model.plan_.case == 4 and model.plan_.strategy == "finetune_or_scratch"
     assert model.plan_.warm_start["view"] == "head"
