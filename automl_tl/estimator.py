@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .core.errors import NotFittedError
+from .core.errors import AutoTLError, NotFittedError
 from .settings import DEFAULT_BACKBONE, Settings
 
 __all__ = ["AutoTransfer", "BaseEstimator"]
@@ -126,29 +126,43 @@ class AutoTransfer(BaseEstimator):
         if not hasattr(self, "model_"):
             raise NotFittedError("this AutoTransfer is not fitted yet; call fit(data_folder) first")
 
-    def predict_proba(self, paths) -> np.ndarray:
-        """Class probabilities (n_images, n_classes) for image files or folders."""
-        from .data.files import expand_paths
-        from .train.model import predict_files
+    def _predictor(self):
+        """The exported model in onnxruntime: the one fast path for every prediction."""
+        from .export.predictor import Predictor
 
         self._check_fitted()
-        files = expand_paths([paths] if isinstance(paths, str | os.PathLike) else paths)
-        prep, n = self.spec_.preprocessing, len(self.classes_)
-        return predict_files(self.model_, files, prep, n, self.batch_size or 32)
+        if getattr(self, "_onnx", (None,))[0] != self.onnx_path_:
+            self._onnx = (self.onnx_path_, Predictor(self.onnx_path_))
+        return self._onnx[1]
+
+    def predict_proba(self, paths) -> np.ndarray:
+        """Class probabilities (n_images, n_classes) for image files or folders (one path
+        or a list), from the exported model: calibrated, as production sees them."""
+        return self._predictor().predict_proba(paths, self.batch_size or 32)
 
     def predict(self, paths) -> list[str]:
         """Predicted class name for each image file (folders are expanded)."""
         return [self.classes_[i] for i in self.predict_proba(paths).argmax(1)]
 
     def score(self, data: str | os.PathLike) -> float:
-        """Accuracy on a labelled folder or CSV laid out like the training data."""
-        from .data.audit import audit
+        """Accuracy on a labelled folder or CSV laid out like the training data. Images of
+        classes the model does not know are left out, and so are files that cannot be read
+        (a warning says how many)."""
+        import warnings
+
         from .data.scan import scan
 
         self._check_fitted()
-        samples = [s for s in audit(scan(data)).samples if s.label in self.classes_]
-        pred = self.predict([s.path for s in samples])
-        return float(np.mean([p == s.label for p, s in zip(pred, samples, strict=True)]))
+        samples = [s for s in scan(data).samples if s.label in self.classes_]
+        records = self._predictor().predict([s.path for s in samples], 1, self.batch_size or 32)
+        hits = [r["top"][0][0] == s.label for r, s in zip(records, samples, strict=True)
+                if "error" not in r]  # fmt: skip
+        if len(hits) < len(samples):
+            warnings.warn(f"score: {len(samples) - len(hits)} unreadable files left out",
+                          stacklevel=2)  # fmt: skip
+        if not hits:
+            raise AutoTLError(f"no readable images of the model's classes in '{data}'")
+        return float(np.mean(hits))
 
     def export_onnx(self, path: str | os.PathLike) -> Path:
         """Export the fitted model (normalisation inside, dynamic batch) to `path`."""
@@ -158,5 +172,6 @@ class AutoTransfer(BaseEstimator):
         self._check_fitted()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta = metadata(self.classes_, self.spec_, self.weights, self.plan_)
+        trust = {k: self.metrics_[k] for k in ("calibration", "ood") if k in self.metrics_}
+        meta = metadata(self.classes_, self.spec_, self.weights, self.plan_, trust or None)
         return export_onnx(self.model_, path, self.spec_.preprocessing.crop_size, meta)

@@ -34,6 +34,7 @@ from .decide.banks import load_bank
 from .decide.frozen import choose_frozen, searches_views, with_frozen_choice, with_warm_start
 from .decide.planner import Plan, make_plan, thresholds
 from .export.publish import export_model, metadata
+from .export.trust import assess
 from .features import ops
 from .features.cache import FeatureCache
 from .features.memo import Memo
@@ -246,8 +247,14 @@ def _fit(source, s: Session, run: RunFolder, exclude, started: float) -> FitResu
                        trained, metrics, {}, cache_stats)  # fmt: skip
     if s.rank != 0:  # under torchrun, rank 0 alone exports and writes the run folder
         return result
+    with _step("calibration and the OOD reference"):
+        trust = _assess(trained, plan, kept, p, strategy, s)
+    trained.model.outputs = trust.outputs  # folded into the exported graph
+    metrics = {**metrics, **trust.record}
+    for line in trust.record["shift"]:
+        console.warn(f"shift: {line}")
     with _step("export"):
-        check = _export(trained, plan, kept, p, strategy, result.model_path, s)
+        check = _export(trained, plan, kept, p, strategy, result.model_path, s, trust)
     metrics = {**metrics, "export_check": check}
     with _step("writing the run folder"):
         report = write_run(run, source, data, plan, metrics, trained.predictions[1])
@@ -295,7 +302,18 @@ def _after_fine_tuning(plan: Plan, trained: Trained) -> Plan:
     return plan.adding(**changes)
 
 
-def _export(trained: Trained, plan: Plan, kept, p: Prepared, strategy, path: Path, s: Session):
+def _assess(trained: Trained, plan: Plan, kept, p: Prepared, strategy, s: Session):
+    """Calibration, the OOD reference and the shift lines: from cached rows when the
+    backbone stayed frozen, else from the trained model on decoded images."""
+    rows_of = None
+    if strategy.kind != "images":
+        view = plan.view or plan.cut
+        rows_of = lambda samples: p.features.rows(samples, view).dequantize().numpy()  # noqa: E731
+    return assess(trained.model, p.data, kept.preprocessing, rows_of, s.settings.seed, s.console)
+
+
+def _export(trained: Trained, plan: Plan, kept, p: Prepared, strategy, path: Path, s: Session,
+            trust):  # fmt: skip
     """model.onnx: the embedding graph joined to a frozen head (a joined view is traced),
     else the whole model traced; checked on up to 16 validation images."""
     features, data = p.features, p.data
@@ -307,7 +325,7 @@ def _export(trained: Trained, plan: Plan, kept, p: Prepared, strategy, path: Pat
         stored = features.rows(check, view).dequantize().numpy()
         output = f"stage{features.view_names.index(view)}"
         width = kept.stages[kept.stage_index(plan.cut)].width * plan.grid**2
-    meta = metadata(data.classes, kept, s.settings.weights, plan)
+    meta = metadata(data.classes, kept, s.settings.weights, plan, trust.record)
     return export_model(
         trained.model, path, meta, kept.preprocessing.crop_size, [x.path for x in check],
         composed, output, stored, width, s.console,

@@ -174,7 +174,7 @@ def composed(tmp_path_factory, digits_dir):
     rng = np.random.default_rng(0)
     head = LinearHead(rng.normal(0, 1, width), rng.uniform(0.5, 2, width), 3).eval()
     model = ExportModel(FeatureExtractor(net, spec.preprocessing, cut), head).eval()
-    path = compose_onnx(graph, f"stage{cut}", head, width, folder / "model.onnx", {"k": "v"})
+    path = compose_onnx(graph, f"stage{cut}", model, width, folder / "model.onnx", {"k": "v"})
     files = sorted(digits_dir.rglob("*.png"))[:6]
     batch = batch_to_float([load_for_model(f, spec.preprocessing) for f in files])
     torch.manual_seed(0)
@@ -244,7 +244,7 @@ def test_composing_again_gives_the_same_bytes_and_the_memo_returns_them(composed
     model, path, _, cut = composed
     graph = path.parent / "stages.onnx"
     width = model.head.fc.in_features
-    again = compose_onnx(graph, f"stage{cut}", model.head, width, tmp_path / "b.onnx", {"k": "v"})
+    again = compose_onnx(graph, f"stage{cut}", model, width, tmp_path / "b.onnx", {"k": "v"})
     assert again.read_bytes() == path.read_bytes()
     memo_dir = tmp_path / "models"
     memo_dir.mkdir()

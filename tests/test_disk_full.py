@@ -241,9 +241,9 @@ def test_full_run_folder_and_checkpoint_through_the_cli(digits, small_fs, tmp_pa
 
 
 def _tiny_onnx():
-    from automl_tl.export.onnx import _head_graph
+    from automl_tl.export.onnx import _trace
 
-    return _head_graph(torch.nn.Linear(8, 3), 8)
+    return _trace(torch.nn.Linear(8, 3), torch.rand(2, 8), "features", ["logits"])
 
 
 def test_full_run_folder_files(small_fs, monkeypatch):

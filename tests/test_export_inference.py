@@ -48,7 +48,10 @@ def test_metadata_carries_classes_preprocessing_provenance(fitted):
     meta = _meta(fitted.onnx_path_)
     assert json.loads(meta["automl_tl.classes"]) == fitted.classes_
     prep = json.loads(meta["automl_tl.preprocessing"])
-    assert prep["crop_size"] == 224 and prep["mean"] == [0.5, 0.5, 0.5]
+    assert prep == {"resize_size": 256, "crop_size": 224, "interpolation": "bilinear"}
+    # normalisation is inside the graph: the metadata says so instead of listing it as a step
+    does = json.loads(meta["automl_tl.graph_does"])
+    assert does["normalisation"]["mean"] == [0.5, 0.5, 0.5] and "mean" not in prep
     prov = json.loads(meta["automl_tl.provenance"])
     assert prov["backbone"] == "efficientnet_lite0" and len(prov["weights_sha256"]) == 64
     # content only, so that an equal model is the same file; the time is in metrics.json

@@ -22,7 +22,10 @@ __all__ = ["COMMANDS"]
 @verbose_option
 @clean_errors
 def predict(model, paths, top_k, batch_size, as_json, verbose):
-    """Label image files or folders with an exported MODEL.onnx (onnxruntime only)."""
+    """Label image files or folders with MODEL: a run folder or its model.onnx (onnxruntime
+    only). Each line gives the most probable classes (calibrated probabilities) and, for an
+    image unlike the training data (OOD p-value at or below the model's threshold), `OOD`
+    and its p-value; --json gives `ood` and `ood_pvalue` for every image."""
     from ..core.errors import AutoTLError
     from ..export.predictor import Predictor
 
@@ -36,6 +39,8 @@ def predict(model, paths, top_k, batch_size, as_json, verbose):
             click.echo(f"{r['path']}\tERROR {r['error']}")
         else:
             tops = "  ".join(f"{label} {p:.3f}" for label, p in r["top"])
+            if r.get("ood"):
+                tops += f"  OOD (p={r['ood_pvalue']:.3f})"
             click.echo(f"{r['path']}\t{tops}")
     if failed:
         click.echo(f"{failed} of {len(results)} files could not be read", err=True)

@@ -47,9 +47,21 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
-        d = dict(d)
-        d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
+        """From `to_dict`'s output, or from a model's metadata (which leaves out mean and
+        std: the graph normalises)."""
+        d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        for key in ("mean", "std"):
+            if key in d:
+                d[key] = tuple(d[key])
         return cls(**d)
+
+    def resize_and_crop(self) -> dict:
+        """What a client does to an image before the model: no mean or std (inside)."""
+        return {
+            "resize_size": self.resize_size,
+            "crop_size": self.crop_size,
+            "interpolation": self.interpolation,
+        }
 
 
 # Above this many times resize_size**2 pixels, preprocess does not build the whole resized

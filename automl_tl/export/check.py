@@ -34,6 +34,16 @@ def _check_features(got: np.ndarray, stored: np.ndarray, onnx_path: Path) -> Non
         )
 
 
+def _check_scores(got: np.ndarray, expected: np.ndarray, onnx_path: Path) -> None:
+    """The graph's OOD scores (cosine similarities) against torch's on the same inputs."""
+    worst = float(np.abs(got - expected).max()) if len(got) else 0.0
+    if worst > 1e-4:
+        raise ExportError(
+            f"exported model '{onnx_path}' disagrees with torch: its OOD scores differ by "
+            f"{worst:.2e} (limit 1e-4)"
+        )
+
+
 def _varint(n: int) -> bytes:
     out = bytearray()
     while True:
@@ -103,22 +113,30 @@ def check_parity(
     """
     model = copy_to_cpu_eval(model)
     full = len(batch)
+    scored = model.outputs is not None
+    names = [OUTPUT_NAME] + (["ood_score"] if scored else [])
     if stage_output is None:
         session = ort.InferenceSession(str(onnx_path), providers=ort_providers())
-        got = session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+        got, *score = session.run(names, {INPUT_NAME: batch})
         with torch.inference_mode():
-            expected = model(torch.from_numpy(batch)).numpy()
+            feats = model.extractor(torch.from_numpy(batch))
+            expected = model.logits_of(feats).numpy()
     else:
         session = _session_with_output(onnx_path, stage_output)
-        got, feats = session.run([OUTPUT_NAME, stage_output], {INPUT_NAME: batch})
+        got, *score, feats = session.run(names + [stage_output], {INPUT_NAME: batch})
         if reference is not None:
             _check_features(feats, np.asarray(reference, dtype=np.float32), onnx_path)
         full = 0 if reference is not None else min(full_images, len(batch))
+        feats = torch.from_numpy(feats)
         with torch.inference_mode():
-            expected = model.head(torch.from_numpy(feats)).numpy()
+            expected = model.logits_of(feats).numpy()
             if full:  # rows: full torch path first, then the head path of every image
                 whole = model(torch.from_numpy(batch[:full])).numpy()
                 expected, got = np.concatenate([whole, expected]), np.concatenate([got[:full], got])
+    if scored:  # the OOD score from the same head inputs, in torch
+        with torch.inference_mode():
+            want = model.outputs.score(feats).numpy()
+        _check_scores(score[0], want, onnx_path)
     diff = float(np.abs(got - expected).max())
     agree = float((got.argmax(1) == expected.argmax(1)).mean())
     tol = atol + rtol * float(np.abs(expected).max())

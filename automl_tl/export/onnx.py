@@ -16,7 +16,8 @@ from ..core.errors import (
     ExportError,
 )
 from ..core.files import write_atomic
-from ..train.model import ExportModel
+from ..train.model import Everything, ExportModel, Tail
+from ..train.outputs import OUTPUT_NAMES
 
 if TYPE_CHECKING:
     import onnx
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "export_onnx",
     "compose_onnx",
+    "output_names",
     "META_PREFIX",
 ]
 
@@ -32,55 +34,51 @@ META_PREFIX = "automl_tl."
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 
 
-def export_onnx(model: ExportModel, path: Path, crop_size: int, metadata: dict) -> Path:
-    """Write one ONNX graph with a dynamic batch axis and JSON metadata; atomic on success."""
-    import onnx  # imported on use: its import (ml_dtypes) costs ~1 s of CPU
-
-    path = Path(path)
-    model = copy_to_cpu_eval(model)
-    dummy = torch.rand(2, 3, crop_size, crop_size)
-    buf = io.BytesIO()  # traced in memory: only the finished file touches the disk
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (dummy,),
-            buf,
-            dynamo=False,
-            opset_version=17,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-        )
-    return _save_with_metadata(onnx.load_from_string(buf.getvalue()), path, metadata)
+def output_names(model: ExportModel) -> list[str]:
+    """The graph's outputs: logits, then probabilities and the OOD score and p-value when
+    the model carries them."""
+    return list(OUTPUT_NAMES) if model.outputs is not None else [OUTPUT_NAME]
 
 
-def _head_graph(head: nn.Module, width: int) -> onnx.ModelProto:
-    """The head alone as ONNX: (batch, width) features -> (batch, classes) logits."""
+def _trace(module: nn.Module, example: torch.Tensor, input_name: str, outputs: list[str]):
+    """`module` traced to ONNX in memory (only the finished file touches the disk)."""
     import onnx  # imported on use: its import (ml_dtypes) costs ~1 s of CPU
 
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            copy_to_cpu_eval(head),
-            (torch.rand(2, width),),
+            copy_to_cpu_eval(module),
+            (example,),
             buf,
             dynamo=False,
             opset_version=17,
-            input_names=["features"],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={"features": {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            input_names=[input_name],
+            output_names=outputs,
+            dynamic_axes={input_name: {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
         )
     return onnx.load_from_string(buf.getvalue())
 
 
+def export_onnx(model: ExportModel, path: Path, crop_size: int, metadata: dict) -> Path:
+    """Write one ONNX graph with a dynamic batch axis and JSON metadata; atomic on success."""
+    dummy = torch.rand(2, 3, crop_size, crop_size)
+    proto = _trace(Everything(model), dummy, INPUT_NAME, output_names(model))
+    return _save_with_metadata(proto, Path(path), metadata)
+
+
 def compose_onnx(
-    backbone_onnx: Path, stage_output: str, head: nn.Module, width: int, path: Path, metadata: dict
+    backbone_onnx: Path,
+    stage_output: str,
+    model: ExportModel,
+    width: int,
+    path: Path,
+    metadata: dict,
 ) -> Path:
     """Like export_onnx, without re-tracing the backbone: the graph already exported for
     embedding (input "image", pooled stage features as outputs) is cut at `stage_output`
-    and joined to the head, which alone is traced. Atomic on success."""
+    and joined to the model's tail (head and outputs), which alone is traced. Atomic on
+    success."""
     import onnx  # imported on use: its import (ml_dtypes) costs ~1 s of CPU
 
     path = Path(path)
@@ -88,9 +86,8 @@ def compose_onnx(
     if backbone.graph.input[0].name != INPUT_NAME:
         raise ExportError(f"'{backbone_onnx}' has input {backbone.graph.input[0].name!r}")
     cut = onnx.utils.Extractor(backbone).extract_model([INPUT_NAME], [stage_output])
-    tail = onnx.compose.add_prefix(
-        _head_graph(head, width), "automl_tl_head/", rename_outputs=False
-    )
+    traced = _trace(Tail(model), torch.rand(2, width), "features", output_names(model))
+    tail = onnx.compose.add_prefix(traced, "automl_tl_head/", rename_outputs=False)
     proto = onnx.compose.merge_models(cut, tail, io_map=[(stage_output, "automl_tl_head/features")])
     return _save_with_metadata(proto, path, metadata)
 

@@ -11,7 +11,7 @@ from .. import __version__
 from ..core.files import file_sha256
 from ..data.batches import iter_batches
 from ..features.stage_graph import read_sidecar
-from ..train.model import ExportModel
+from ..train.model import ExportModel, Tail
 from .check import check_parity
 from .composed import composed_key, forget_composed, remember_composed, reuse_composed
 from .onnx import compose_onnx, export_onnx
@@ -39,13 +39,54 @@ def provenance(spec, weights: str | None, plan) -> dict:
     }
 
 
-def metadata(classes: list[str], spec, weights: str | None, plan) -> dict:
-    """The model's metadata: class names, the preprocessing it expects, its provenance."""
-    return {
+def metadata(classes: list[str], spec, weights: str | None, plan, trust: dict | None = None):
+    """The model's metadata, enough to write a client from: class names, what the input is
+    and how an image becomes one, what the graph already does (normalisation, calibration),
+    what each output is, the OOD threshold, and the model's provenance."""
+    prep = spec.preprocessing
+    does = {
+        "normalisation": {
+            "mean": list(prep.mean),
+            "std": list(prep.std),
+            "note": "(x - mean) / std per RGB channel, inside the graph: do not normalise",
+        }
+    }
+    meta = {
         "classes": classes,
-        "preprocessing": spec.preprocessing.to_dict(),
+        "preprocessing": prep.resize_and_crop(),
+        "input": {
+            "name": "image",
+            "dtype": "float32",
+            "layout": "NCHW",
+            "channels": "RGB",
+            "range": [0.0, 1.0],
+            "shape": ["batch", 3, prep.crop_size, prep.crop_size],
+            "how": f"decode, apply EXIF orientation, convert to RGB; resize the shorter side "
+            f"to {prep.resize_size} ({prep.interpolation}), centre-crop "
+            f"{prep.crop_size}x{prep.crop_size}; divide the 8-bit values by 255",
+        },
+        "outputs": {"logits": "class scores (batch, classes), in `classes` order"},
+        "graph_does": does,
         "provenance": provenance(spec, weights, plan),
     }
+    if trust:
+        cal, ood = trust["calibration"], trust["ood"]
+        t = cal["temperature"]
+        does["calibration"] = {
+            "method": cal["method"],
+            "temperature": t,
+            "note": f"the logits output is already divided by {t}",
+        }
+        meta["outputs"] = {
+            "logits": "calibrated class scores (batch, classes), in `classes` order",
+            "probabilities": "softmax of the calibrated logits (batch, classes)",
+            "ood_score": "mean cosine similarity of the image's features to its "
+            f"{ood['k']} nearest training images (batch,); lower = less familiar",
+            "ood_pvalue": "conformal p-value of the image belonging to the training "
+            "distribution (batch,); flag the image when it is <= ood.threshold",
+        }
+        meta["ood"] = {k: ood[k] for k in ("threshold", "k", "reference_images", "held_out_images")}
+    return meta
 
 
 def export_model(
@@ -85,13 +126,13 @@ def export_model(
 
     record = read_sidecar(composed)  # the cache verified it when it handed it over
     graph_sha = record["sha256"] if record else file_sha256(composed)
-    key = composed_key(graph_sha, output, model.head, meta)
+    key = composed_key(graph_sha, output, Tail(model), meta)
     if reuse_composed(composed, key, path):
         try:
             return {**check(), "reused_composition": True}
         except ExportError:  # not the model of this key after all: replaced below
             forget_composed(composed, key)
-    compose_onnx(composed, output, model.head, width, path, meta)
+    compose_onnx(composed, output, model, width, path, meta)
     result = {**check(), "reused_composition": False}
     remember_composed(composed, key, path, console)  # only a model that passed
     return result

@@ -51,6 +51,7 @@ from .html_kit import (
     section,
     table,
 )
+from .html_trust import trust_section
 
 __all__ = ["render_report", "write_report", "REPORT_NAME"]
 
@@ -283,6 +284,7 @@ def render_report(data: dict) -> str:
         parts.append(_confusion(test, classes, "confusion-test", "Confusion matrix (test)"))
         parts.append(_per_class(test, "per-class-test", "Per-class metrics (test)"))
     parts.append(_misclassified(data.get("misclassified")))
+    parts.append(trust_section(metrics))
     parts.append(_export(as_dict(data.get("export_check")) or as_dict(metrics.get("export_check"))))
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><meta name="viewport" '

@@ -32,6 +32,10 @@ class FitSummary:
     test_accuracy: float | None = None
     test_balanced_accuracy: float | None = None
     test_images: int = 0
+    calibration: dict = field(default_factory=dict)
+    ood: dict = field(default_factory=dict)
+    shift: list[str] = field(default_factory=list)
+    int8: dict = field(default_factory=dict)
 
     @classmethod
     def of(cls, result) -> FitSummary:
@@ -59,12 +63,18 @@ class FitSummary:
             test_accuracy=test["accuracy"] if test else None,
             test_balanced_accuracy=test["balanced_accuracy"] if test else None,
             test_images=test["n"] if test else 0,
+            calibration=m.get("calibration") or {},
+            ood=m.get("ood") or {},
+            shift=list(m.get("shift") or []),
+            int8=m.get("int8") or {},
         )
 
     def to_dict(self) -> dict:
         d = asdict(self)
         for key in ("val_images", "test_images"):
             d.pop(key)
+        if d["calibration"]:  # the reliability bins are for the report
+            d["calibration"] = {k: v for k, v in d["calibration"].items() if k != "reliability"}
         if self.test_accuracy is None:
             d.pop("test_accuracy"), d.pop("test_balanced_accuracy")
         return d
@@ -84,6 +94,8 @@ class FitSummary:
                 "evaluated once after the model was chosen)"
             )
         lines += [f"leakage: {m}" for m in self.split.get("leakage_messages") or []]
+        lines += [f"shift: {line}" for line in self.shift]
+        lines += self._trust_lines()
         chk = self.export_check
         lines += [
             f"export check: onnxruntime vs torch on {chk['n_images']} held-out images, "
@@ -93,6 +105,35 @@ class FitSummary:
             f"run folder: {self.run_dir}",
         ]
         return "\n".join(lines)
+
+    def _trust_lines(self) -> list[str]:
+        lines = []
+        cal = self.calibration
+        if cal:
+            split = "test" if "test" in cal else "validation"
+            block = cal[split]
+            after = block["after"] if split == "test" else block["cross_fitted_after"]
+            lines.append(
+                f"calibration: temperature {cal['temperature']} (fitted on validation); "
+                f"{split} ECE {block['before']['ece']:.4f} -> {after['ece']:.4f}, NLL "
+                f"{block['before']['nll']:.4f} -> {after['nll']:.4f}"
+                + (" (cross-fitted)" if split == "validation" else "")
+            )
+        ood = self.ood
+        if ood:
+            where = (
+                f"{ood['test_flagged']:.1%} of test images flagged"
+                if "test_flagged" in ood
+                else f"{ood['validation_flagged_cross_fitted']:.1%} of validation images "
+                "flagged (cross-fitted)"
+            )
+            lines.append(
+                f"out-of-distribution flag: p-value <= {ood['threshold']} against "
+                f"{ood['reference_images']} training images; {where}"
+            )
+        if self.int8:
+            lines.append(f"int8: {self.int8.get('reason', '')}")
+        return lines
 
 
 @dataclass(frozen=True)
