@@ -92,6 +92,12 @@ LIMITS: dict[str, Limit] = {
     "engine": Limit("choice", choices=("auto", "onnxruntime", "torch")),
     "seed": Limit("int", 0, 2**32 - 1),
     "top_k": Limit("int", 1),
+    # automl-tl serve
+    "port": Limit("int", 0, 65535),
+    "max_batch": Limit("int", 1, 1024),
+    "max_wait_ms": Limit("float", 0, 1000),
+    "max_upload_mb": Limit("float", 0, 4096, low_open=True),
+    "threads": Limit("int", 0, 1024),
 }
 
 

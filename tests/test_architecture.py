@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "automl_tl"
-ROOMS = ("core", "data", "features", "train", "decide", "export", "report", "plugins", "cli")
+ROOMS = (
+    "core", "data", "features", "train", "decide", "export", "serve", "report", "plugins", "cli",
+)  # fmt: skip
 # Lower rank: imported by higher ranks, never the other way round.
 RANK = {
     "settings": 0,
@@ -21,12 +23,13 @@ RANK = {
     "train": 3,
     "decide": 4,
     "export": 5,
-    "report": 6,
-    "plugins": 7,
-    "plugin": 8,
-    "pipeline": 8,
-    "estimator": 9,
-    "cli": 10,
+    "serve": 6,
+    "report": 7,
+    "plugins": 8,
+    "plugin": 9,
+    "pipeline": 9,
+    "estimator": 10,
+    "cli": 11,
 }
 
 
@@ -139,7 +142,14 @@ def test_no_private_module_is_imported_from_another_room():
 
 @pytest.mark.parametrize(
     "module",
-    ["automl_tl.plugin", "automl_tl.inference", "automl_tl.cli", "automl_tl.settings"],
+    [
+        "automl_tl.plugin",
+        "automl_tl.inference",
+        "automl_tl.cli",
+        "automl_tl.settings",
+        "automl_tl.serve.app",
+        "automl_tl.serve.server",
+    ],
 )
 def test_light_entry_points_do_not_import_torch(module):
     code = f"import sys, {module}; print('torch' in sys.modules, 'numpy' in sys.modules)"

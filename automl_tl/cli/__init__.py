@@ -49,9 +49,9 @@ def main():
 
 
 def _register() -> None:
-    from . import cache, fit, listing, predict, source_bank
+    from . import cache, fit, listing, predict, serve, source_bank
 
-    for module in (fit, predict, source_bank, listing, cache):
+    for module in (fit, predict, serve, source_bank, listing, cache):
         for command in module.COMMANDS:
             main.add_command(command)
 
