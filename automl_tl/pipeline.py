@@ -3,7 +3,8 @@
     read the data (scan, audit, split) -> load the backbone -> embed (feature cache)
     -> analyse (size, similarity) -> plan -> choose the frozen view
     -> fine-tune if it earns its cost, else fit the frozen head -> evaluate
-    -> export and check -> write the run folder
+    -> calibrate, the OOD reference -> export and check -> int8 where it pays
+    -> write the run folder
 
 Each step is a function of the rooms below (data, features, decide, train, export, report)
 that takes and returns plain values; the plan is never changed in place, each step returns the
@@ -33,6 +34,7 @@ from .decide.analysis import Analysis, analyse
 from .decide.banks import load_bank
 from .decide.frozen import choose_frozen, searches_views, with_frozen_choice, with_warm_start
 from .decide.planner import Plan, make_plan, thresholds
+from .export.int8_step import int8_step
 from .export.publish import export_model, metadata
 from .export.trust import assess
 from .features import ops
@@ -256,6 +258,11 @@ def _fit(source, s: Session, run: RunFolder, exclude, started: float) -> FitResu
     with _step("export"):
         check = _export(trained, plan, kept, p, strategy, result.model_path, s, trust)
     metrics = {**metrics, "export_check": check}
+    if st.int8:
+        with _step("int8"):
+            threshold = trust.record["ood"]["threshold"]
+            metrics["int8"] = int8_step(result.model_path, data, kept.preprocessing,
+                                        s.cache_root, st.seed, console, threshold)  # fmt: skip
     with _step("writing the run folder"):
         report = write_run(run, source, data, plan, metrics, trained.predictions[1])
     run.remove_checkpoints()  # the run finished: nothing will resume them

@@ -98,7 +98,7 @@ def main() -> None:
         if val:
             share, n = flagged(run, val)
             print(f"| own validation (the held-out set) | {n} | {share:.1%} |")
-        print(f"| own validation, cross-fitted | {ood['held_out_images']} | "
+        print(f"| own validation, cross-fitted | {m['validation']['n']} | "
               f"{ood['validation_flagged_cross_fitted']:.1%} |")  # fmt: skip
         if "test_flagged" in ood:
             print(f"| own test | {ood['test_images']} | {ood['test_flagged']:.1%} |")

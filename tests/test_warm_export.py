@@ -136,3 +136,21 @@ def test_warm_analysis_is_remembered_and_plans_the_same(tmp_path):
     assert as_json[0] == as_json[1]
     assert warm.profile.probes and list(warm.profile.probes) == list(cold.profile.probes)
     assert warm.images_per_second == cold.images_per_second > 0
+
+
+def test_the_int8_verdict_is_measured_once_and_remembered(two_fits):
+    """The cold fit quantises and times int8 against fp32; the warm fit, ending with the same
+    model.onnx, publishes the remembered verdict (and int8 file) and measures nothing."""
+    cold, warm, cache, *_ = two_fits
+    first = json.loads((cold / "metrics.json").read_text())["int8"]
+    again = json.loads((warm / "metrics.json").read_text())["int8"]
+    assert "reused" not in first and again["reused"] is True
+    assert {k: v for k, v in again.items() if k not in ("reused", "path", "int8_sha256")} == {
+        k: v for k, v in first.items() if k != "path"
+    }
+    assert first["reason"].startswith("int8 kept" if first["kept"] else "int8 not kept")
+    assert (cold / "model.int8.onnx").exists() == first["kept"]
+    assert (warm / "model.int8.onnx").exists() == first["kept"]
+    if first["kept"]:
+        assert (warm / "model.int8.onnx").read_bytes() == (cold / "model.int8.onnx").read_bytes()
+    assert len(list((cache / "models").glob("int8-*.json"))) == 1

@@ -69,6 +69,10 @@ def _option(name: str):
     if name == "quiet":
         return click.option("--quiet", "-q", is_flag=True, help="No progress output.")
     if isinstance(default, bool):
+        if default:  # on unless turned off
+            flag = flag_of(name)
+            return click.option(f"{flag}/--no-{flag[2:]}", default=True, show_default=True,
+                                help=Settings.help(name))  # fmt: skip
         return click.option(flag_of(name), is_flag=True, help=Settings.help(name))
     limit = LIMITS.get(name)
     if limit is not None and limit.kind == "choice":

@@ -85,6 +85,8 @@ def _calibration(cal: dict) -> str:
         "log-likelihood before and after; cross-fitted = fitted on one half of validation, "
         "measured on the other.</p>"
     )
+    if cal.get("note"):
+        text += f'<p class="muted">{esc(cal["note"])}.</p>'
     head = ["split", "images", "ECE before", "ECE after", "NLL before", "NLL after"]
     body = text + table(head, rows, (1, 2, 3, 4, 5))
     rel = as_dict(cal.get("reliability"))

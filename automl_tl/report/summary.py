@@ -113,12 +113,18 @@ class FitSummary:
             split = "test" if "test" in cal else "validation"
             block = cal[split]
             after = block["after"] if split == "test" else block["cross_fitted_after"]
+            if cal.get("note"):
+                return [f"calibration: {cal['note']}"] + self._ood_lines()
             lines.append(
                 f"calibration: temperature {cal['temperature']} (fitted on validation); "
                 f"{split} ECE {block['before']['ece']:.4f} -> {after['ece']:.4f}, NLL "
                 f"{block['before']['nll']:.4f} -> {after['nll']:.4f}"
                 + (" (cross-fitted)" if split == "validation" else "")
             )
+        return lines + self._ood_lines()
+
+    def _ood_lines(self) -> list[str]:
+        lines = []
         ood = self.ood
         if ood:
             where = (
@@ -132,7 +138,7 @@ class FitSummary:
                 f"{ood['reference_images']} training images; {where}"
             )
         if self.int8:
-            lines.append(f"int8: {self.int8.get('reason', '')}")
+            lines.append(self.int8.get("reason", ""))  # "int8 kept: ..." / "int8 not kept ..."
         return lines
 
 
