@@ -3,7 +3,7 @@
 its model.onnx, the step a fit would run, with the issue's keep rule (1.2x, 0.01).
 
     python benchmarks/bench_int8.py [--data DIR] [--backbones a,b] [--speed-only c]
-                                    [--work DIR] [--calibration 64] [--val-cap 500]
+                                    [--work DIR] [--calibration 32] [--val-cap 300]
 
 Images: calibration = `--calibration` images of the training split drawn with seed 0;
 validation = the dataset's val/ folder (the split the fit chose its model on), or a subset of
@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 
 from automl_tl.core.console import Console
 from automl_tl.data.preprocess import Preprocessing, batch_to_float, load_for_model
@@ -112,7 +113,10 @@ def measure(data: Path, model: Path, args) -> dict:
         val = [val[i] for i in sorted(rng.choice(len(val), args.val_cap, replace=False))]
     images, labels = load(val, prep)
     out = model.with_name("model.int8.onnx")
-    return int8_variant(model, calibration, images, labels, out, Console(), args.repeats)
+    ood = json.loads(onnxruntime.InferenceSession(str(model)).get_modelmeta()
+                     .custom_metadata_map.get("automl_tl.ood", "{}"))  # fmt: skip
+    return int8_variant(model, calibration, images, labels, out, Console(), args.repeats,
+                        ood_threshold=ood.get("threshold"))  # fmt: skip
 
 
 def main() -> int:
@@ -121,8 +125,8 @@ def main() -> int:
     ap.add_argument("--backbones", default="efficientnet_lite0,efficientnet_lite2")
     ap.add_argument("--speed-only", default="resnet18", help="random-weight backbones ('' none)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/automl-tl-bench-int8"))
-    ap.add_argument("--calibration", type=int, default=64)
-    ap.add_argument("--val-cap", type=int, default=500)
+    ap.add_argument("--calibration", type=int, default=32)  # what a fit uses
+    ap.add_argument("--val-cap", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     if not args.data.is_dir():

@@ -252,3 +252,26 @@ def test_the_metadata_names_every_output_of_the_graph(fitted):
     ]
     does = json.loads(meta["automl_tl.graph_does"])
     assert does["calibration"]["temperature"] == fitted.metrics_["calibration"]["temperature"]
+
+
+def test_an_int8_model_counts_its_ood_pvalues_against_its_own_scores(fitted, digits_dir, tmp_path):
+    """int8 features score a little differently from fp32 ones: the int8 copy's held-out
+    scores are its own scores of the validation images, so its p-values on those images are
+    exactly (1 + rank) / (n + 1) and it flags at most alpha of them."""
+    from automl_tl.data.preprocess import batch_to_float, load_for_model
+    from automl_tl.export.quantize import int8_variant
+
+    files = sorted(digits_dir.rglob("*.png"))
+    prep = fitted.spec_.preprocessing
+    images = batch_to_float([load_for_model(f, prep) for f in files])
+    labels = np.array([fitted.classes_.index(f.parent.name) for f in files])
+    out = tmp_path / "model.int8.onnx"
+    record = int8_variant(fitted.onnx_path_, images[:8], images, labels, out,
+                          min_speedup=0.0, max_drop=1.0, ood_threshold=ALPHA)  # fmt: skip
+    assert record["kept"] is True and record["ood_held_out"] == (
+        f"{len(files)} validation images scored by the int8 model"
+    )
+    got = Predictor(out).run(images)
+    order = np.argsort(np.argsort(got["ood_score"], kind="stable"), kind="stable")
+    np.testing.assert_allclose(got["ood_pvalue"], (order + 2) / (len(files) + 1), atol=1e-6)
+    assert record["int8_ood_flagged"] <= ALPHA

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.files import file_sha256, write_atomic
+from .int8_measure import flags_after, measure, verdict
 
 __all__ = ["int8_variant", "cpu_int8_flags", "MIN_SPEEDUP", "MAX_DROP", "QUANTISED_OPS"]
 
@@ -188,100 +188,17 @@ def _with_metadata(proto, metadata: list[tuple[str, str]], record: dict) -> byte
     return proto.SerializeToString()
 
 
-def _measure(
-    fp32, int8, images, labels, batch_size: int, repeats: int, console=None, threshold=None
-) -> dict:
-    """Accuracy of both models on `images`, and their speed: every full batch of the pass is
-    timed for both models back to back (which goes first alternates), topped up with
-    repeats of the first batch until each model has `repeats` timings; after one untimed
-    warm-up run of each. Every output is computed, as a Predictor does. Images per second =
-    batch size / median time."""
-    names = [o.name for o in fp32.get_outputs()]
-    name = "logits" if "logits" in names else names[0]
-    feed = fp32.get_inputs()[0].name
-    size = min(batch_size, len(images))
-    chunks = [images[i : i + size] for i in range(0, len(images), size)]
-    chunks += [chunks[0]] * max(0, repeats - sum(len(c) == size for c in chunks))
-    models = {"fp32": fp32, "int8": int8}
-    times: dict[str, list[float]] = {"fp32": [], "int8": []}
-    outs: dict[str, list[list[np.ndarray]]] = {"fp32": [], "int8": []}
-    for session in models.values():
-        session.run(names, {feed: chunks[0]})  # warm-up: allocations, kernel choice
-    total = 2 * sum(len(c) for c in chunks)
-    bar = console.progress("int8 check", total) if console else contextlib.nullcontext()
-    with bar as progress:
-        for k, chunk in enumerate(chunks):
-            for key in ("fp32", "int8") if k % 2 == 0 else ("int8", "fp32"):
-                start = time.perf_counter()
-                out = models[key].run(names, {feed: chunk})
-                elapsed = time.perf_counter() - start
-                if len(chunk) == size:
-                    times[key].append(elapsed)
-                if k * size < len(images):  # the pass over the images, not a top-up
-                    outs[key].append(out)
-                if progress is not None:
-                    progress.update(len(chunk))
-    got = {
-        k: {n: np.concatenate([o[i] for o in v]) for i, n in enumerate(names)}
-        for k, v in outs.items()
-    }
-    top1 = {k: v[name].argmax(1) for k, v in got.items()}
-    measured = {
-        "output": name,
-        "batch_size": size,
-        "timings": len(times["fp32"]),
-        "fp32_images_per_second": size / statistics.median(times["fp32"]),
-        "int8_images_per_second": size / statistics.median(times["int8"]),
-        "fp32_accuracy": float(np.mean(top1["fp32"] == labels)),
-        "int8_accuracy": float(np.mean(top1["int8"] == labels)),
-        "top1_agreement": float(np.mean(top1["fp32"] == top1["int8"])),
-    }
-    for extra in ("ood_score", "ood_pvalue"):  # the OOD outputs read int8 features: how far
-        if extra in names:
-            diff = np.abs(got["fp32"][extra].astype(np.float64) - got["int8"][extra])
-            measured[f"{extra}_max_abs_diff"] = float(diff.max())
-            measured[f"{extra}_mean_abs_diff"] = float(diff.mean())
-    if threshold is not None and "ood_pvalue" in names:  # the OOD flag, as Predictor sets it
-        flags = {k: v["ood_pvalue"] <= threshold for k, v in got.items()}
-        measured["ood_flag_agreement"] = float(np.mean(flags["fp32"] == flags["int8"]))
-        measured["fp32_ood_flagged"] = float(np.mean(flags["fp32"]))
-        measured["int8_ood_flagged"] = float(np.mean(flags["int8"]))
-    return measured
+def _recalibrated(proto, scores: np.ndarray):
+    """`proto` with the held-out scores its OOD p-value counts against (the first input of
+    the tail's LessOrEqual node) replaced by `scores`: the int8 model's own scores of the
+    validation images, so its p-values are conformal for int8 features too."""
+    from onnx import numpy_helper
 
-
-def _verdict(m: dict, min_speedup: float, max_drop: float) -> tuple[bool, str]:
-    """The keep rule and its sentence."""
-    speedup = m["int8_images_per_second"] / m["fp32_images_per_second"]
-    drop = m["fp32_accuracy"] - m["int8_accuracy"]
-    fast, close = speedup >= min_speedup, drop <= max_drop + 1e-9
-    # the OOD flag reads int8 features against held-out scores computed in fp32: it may not
-    # flag more validation images (in-distribution) than fp32 does, beyond max_drop of them
-    # or one image, whichever is more (images near the threshold flip either way)
-    rise = m.get("int8_ood_flagged", 0.0) - m.get("fp32_ood_flagged", 0.0)
-    same_flags = rise <= max(max_drop, 1 / max(m["n_val"], 1)) + 1e-9
-    why = ", ".join(
-        w
-        for w, bad in (
-            ("too slow", not fast),
-            ("accuracy lost", not close),
-            ("more images flagged OOD", not same_flags),
-        )
-        if bad
-    )
-    kept = fast and close and same_flags
-    flags = (
-        f"; OOD flags on validation {m['int8_ood_flagged']:.1%} vs {m['fp32_ood_flagged']:.1%}"
-        f" (agreeing on {m['ood_flag_agreement']:.1%} of images)"
-        if "ood_flag_agreement" in m
-        else ""
-    )
-    return kept, (
-        f"int8 {'kept' if kept else f'not kept ({why})'}: {speedup:.2f}x as fast "
-        f"as fp32 ({m['int8_images_per_second']:.0f} vs {m['fp32_images_per_second']:.0f} "
-        f"img/s at batch {m['batch_size']}; at least {min_speedup:g}x needed), validation "
-        f"accuracy {m['int8_accuracy']:.4f} vs {m['fp32_accuracy']:.4f} on {m['n_val']} images "
-        f"(drop {drop:.4f}; at most {max_drop:g} allowed){flags}"
-    )
+    node = next(n for n in proto.graph.node if n.op_type == "LessOrEqual" and TAIL_MARK in n.name)
+    init = next(i for i in proto.graph.initializer if i.name == node.input[0])
+    held = np.sort(np.asarray(scores, dtype=np.float32)).reshape(1, -1)
+    init.CopyFrom(numpy_helper.from_array(held, init.name))
+    return proto
 
 
 def int8_variant(
@@ -308,9 +225,9 @@ def int8_variant(
             models, and the batches timed).
         repeats: least number of timings of each model (median taken).
         batch_size: images per timed run, the same for both models.
-        min_speedup, max_drop: the keep rule (defaults 1.2x and 0.01; with `ood_threshold`
-            the int8 model may not flag more validation images as OOD than fp32, beyond
-            max_drop of them or one image).
+        min_speedup, max_drop: the keep rule (defaults 1.2x and 0.01).
+        ood_threshold: the OOD flag's threshold, to report how the int8 model's flags on the
+            validation images compare with fp32's.
     """
     start = time.perf_counter()
     flags = cpu_int8_flags()
@@ -349,7 +266,7 @@ def int8_variant(
         record["quantise_seconds"] = round(time.perf_counter() - start, 2)
         stage = "the side-by-side run"
         plain = proto.SerializeToString()
-        measured = _measure(
+        measured = measure(
             _session(str(model_path)),
             _session(plain),
             np.ascontiguousarray(val_batch, dtype=np.float32),
@@ -360,7 +277,15 @@ def int8_variant(
             ood_threshold,
         )
         measured["n_val"] = record["n_val"]
-        kept, reason = _verdict(measured, min_speedup, max_drop)
+        scores = measured.pop("_int8_ood_scores", None)
+        if scores is not None:
+            # int8 features score slightly differently: the int8 model counts its p-values
+            # against its own scores of the validation images (fp32 ones would flag more)
+            proto = _recalibrated(proto, scores)
+            if "_fp32_ood_flags" in measured:
+                flags_after(measured, scores, ood_threshold)
+            record["ood_held_out"] = f"{len(scores)} validation images scored by the int8 model"
+        kept, reason = verdict(measured, min_speedup, max_drop)
         speedup = measured["int8_images_per_second"] / measured["fp32_images_per_second"]
         record.update(measured, speedup=speedup, kept=kept, reason=reason)
         if kept:
