@@ -26,21 +26,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import cli as automl_tl_command
+from common import load_average
+
 HERE = Path(__file__).resolve().parent
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 HELP_TARGET, WARM_TARGET = 1.0, 1.5
-
-
-def _load() -> str:
-    try:
-        return " / ".join(f"{x:.1f}" for x in os.getloadavg())
-    except OSError:
-        return "?"
-
-
-def _cli() -> list[str]:
-    exe = Path(sys.executable).with_name("automl-tl")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "automl_tl"]
 
 
 def _timed(cmd: list[str], env: dict) -> tuple[float, str]:
@@ -68,10 +59,10 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5, help="runs of import torch and --help")
     ap.add_argument("--fits", type=int, default=3, help="warm re-fits")
     args = ap.parse_args()
-    cli = _cli()
+    cli = automl_tl_command()
     rows: list[tuple[str, str]] = []
     met: list[bool] = []
-    load_start = _load()
+    load_start = load_average()
     with tempfile.TemporaryDirectory(prefix="bench_cli_") as tmp:
         tmp = Path(tmp)
         env = {**os.environ, "AUTOML_TL_CACHE_DIR": str(tmp / "cache")}
@@ -132,7 +123,8 @@ def main() -> int:
                 f"{predict_s:.2f} s ({predict_s - torch_s:+.2f} s vs import torch)",
             )
         )
-    rows.append(("load average at start / at end (1, 5, 15 min)", f"{load_start}; {_load()}"))
+    load_end = load_average()
+    rows.append(("load average at start / at end (1, 5, 15 min)", f"{load_start}; {load_end}"))
     head = (
         f"automl-tl CLI wall times on {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; "
         f"targets {'all met' if all(met) else 'NOT all met'}"

@@ -19,14 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 from pathlib import Path
+
+from common import SHARED, cli
 
 from automl_tl.core.console import Console
 from automl_tl.data.dataset import read_data
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-CLI = str(Path(sys.executable).parent / "automl-tl")
+CLI = cli()[0]
 SUFFIXES = {".jpg", ".jpeg", ".png"}
 OTHERS = {  # where each dataset's held-out images live
     "hymenoptera_data": "val",

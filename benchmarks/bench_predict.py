@@ -17,11 +17,12 @@ import sys
 import time
 from pathlib import Path
 
+from common import SHARED, cli
+
 from automl_tl import AutoTransfer
 from automl_tl.data.files import expand_paths
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-CLI = str(Path(sys.executable).parent / "automl-tl")
+CLI = cli()[0]
 
 
 def timed(fn, repeats: int) -> float:

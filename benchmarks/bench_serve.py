@@ -38,23 +38,13 @@ import threading
 import time
 from pathlib import Path
 
+from common import cli, load_average
+
 from automl_tl.serve.client import multipart_body
 from automl_tl.serve.server import load_predictor
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 TARGET = 0.8
-
-
-def _load() -> str:
-    try:
-        return " / ".join(f"{x:.1f}" for x in os.getloadavg())
-    except OSError:
-        return "?"
-
-
-def _cli() -> list[str]:
-    exe = Path(sys.executable).with_name("automl-tl")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "automl_tl"]
 
 
 def _data(tmp: Path) -> tuple[Path, str]:
@@ -75,7 +65,7 @@ def _images(folder: Path, n: int) -> list[tuple[str, bytes]]:
 
 def _fit(data: Path, tmp: Path, env: dict) -> Path:
     t0 = time.perf_counter()
-    cmd = [*_cli(), "fit", str(data), "--out", str(tmp / "run"), "--quiet"]
+    cmd = [*cli(), "fit", str(data), "--out", str(tmp / "run"), "--quiet"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"fitting the model failed: {done.stderr.strip()}")
@@ -87,7 +77,7 @@ class Server:
     """`automl-tl serve` in a subprocess on a free loopback port; stopped on exit."""
 
     def __init__(self, model: Path, options: list[str], env: dict):
-        cmd = [*_cli(), "serve", str(model), "--port", "0", *options]
+        cmd = [*cli(), "serve", str(model), "--port", "0", *options]
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
         lines: queue.Queue = queue.Queue()
         threading.Thread(target=lambda: lines.put(self.proc.stdout.readline()), daemon=True).start()
@@ -208,7 +198,7 @@ def main() -> int:
     ap.add_argument("--max-seconds", type=float, default=300, help="bound of the whole run")
     ap.add_argument("--markdown", type=Path, help="also write the results as markdown here")
     args = ap.parse_args()
-    load_before = _load()
+    load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="bench_serve_") as tmp:
         tmp = Path(tmp)
         env = {**os.environ, "AUTOML_TL_CACHE_DIR": str(tmp / "cache")}
@@ -289,7 +279,7 @@ def main() -> int:
             f"{statistics.median(ratios):.2f} (median of the rounds: "
             f"{', '.join(f'{x:.2f}' for x in ratios)}; target >= {TARGET})",
         ),
-        ("load average", f"{load_before} before, {_load()} after"),
+        ("load average", f"{load_before} before, {load_average()} after"),
     ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
