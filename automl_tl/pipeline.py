@@ -33,6 +33,7 @@ from .data.input_size import choose_input
 from .decide.analysis import Analysis, analyse
 from .decide.banks import load_bank
 from .decide.frozen import choose_frozen, searches_views, with_frozen_choice, with_warm_start
+from .decide.label_issues import issues_of, label_issues_record
 from .decide.planner import Plan, make_plan, thresholds
 from .export.int8_step import int8_step
 from .export.publish import export_model, metadata
@@ -214,7 +215,7 @@ def _fit(source, s: Session, run: RunFolder, exclude, started: float) -> FitResu
         features.ensure(data.everything)  # collective: every rank embeds its share
     analysis, plan = _analyse(p, s)
     strategy = s.plugins.strategy(plan.strategy)
-    fitted, warm = None, None
+    fitted, warm, choice = None, None, None
     if strategy.kind == "images":
         with _step("the frozen choice"):
             choice = choose_frozen(features, data, st.seed, console)
@@ -229,6 +230,10 @@ def _fit(source, s: Session, run: RunFolder, exclude, started: float) -> FitResu
         strategy = s.plugins.strategy(plan.strategy)
     for reason in plan.reasons:
         console.note(f"plan: {reason}")
+    issues = None
+    if choice is not None:  # the frozen head's out-of-fold view of every given label
+        with _step("label issues"):
+            issues = issues_of(features, data, choice, st.seed, console)
     if strategy.kind == "images":
         with _step("fine-tune"):
             trained = fine_tune(
@@ -245,6 +250,8 @@ def _fit(source, s: Session, run: RunFolder, exclude, started: float) -> FitResu
     metrics = fit_metrics(
         trained, data, plan, time.perf_counter() - started, cache_stats, warm
     )  # fmt: skip
+    if issues is not None:
+        metrics["label_issues"] = label_issues_record(*issues)
     result = FitResult(run.path, run.file("model.onnx"), None, data, kept, analysis, plan,
                        trained, metrics, {}, cache_stats)  # fmt: skip
     if s.rank != 0:  # under torchrun, rank 0 alone exports and writes the run folder
@@ -264,7 +271,8 @@ def _fit(source, s: Session, run: RunFolder, exclude, started: float) -> FitResu
             metrics["int8"] = int8_step(result.model_path, data, kept.preprocessing,
                                         s.cache_root, st.seed, console, threshold)  # fmt: skip
     with _step("writing the run folder"):
-        report = write_run(run, source, data, plan, metrics, trained.predictions[1])
+        report = write_run(run, source, data, plan, metrics, trained.predictions[1],
+                           issues[0] if issues else None)  # fmt: skip
     run.remove_checkpoints()  # the run finished: nothing will resume them
     return replace(result, report_path=report, metrics=metrics, export_check=check)
 

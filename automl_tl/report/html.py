@@ -235,6 +235,31 @@ def _misclassified(items) -> str:
     return section("misclassified", title, f'<div class="grid">{"".join(figs)}</div>')
 
 
+def _label_issues(items, record: dict) -> str:
+    title = "Possible label errors"
+    if items is None:
+        return section("label-issues", title, not_recorded("Label issues"))
+    head = (
+        f"<p>{esc(record.get('count', len(items)))} of {esc(record.get('images_checked', '?'))} "
+        f"training and validation images look mislabelled ({esc(record.get('method', ''))}); "
+        "all of them, most likely first, are in <code>label_issues.csv</code>. Nothing was "
+        "moved or deleted.</p>"
+    )
+    figs = []
+    for it in items:
+        thumb, name = str(it.get("thumbnail") or ""), Path(str(it.get("path", ""))).name
+        img = '<div class="noimg"></div>'
+        if thumb.startswith("data:image/"):
+            img = f'<img src="{esc(thumb)}" alt="{esc(name)}">'
+        figs.append(
+            f"<figure>{img}<figcaption>labelled <b>{esc(it.get('given', '?'))}</b>, looks like "
+            f"<b class=warn>{esc(it.get('suggested', '?'))}</b> ({num(it.get('score'), '.2f')})"
+            f'<br><span class=muted title="{esc(it.get("path", ""))}">{esc(name)}</span>'
+            "</figcaption></figure>"
+        )
+    return section("label-issues", title, head + f'<div class="grid">{"".join(figs)}</div>')
+
+
 def _export(check: dict) -> str:
     if not check:
         return section("export-check", "ONNX export check", not_recorded("The export check"))
@@ -284,6 +309,7 @@ def render_report(data: dict) -> str:
         parts.append(_confusion(test, classes, "confusion-test", "Confusion matrix (test)"))
         parts.append(_per_class(test, "per-class-test", "Per-class metrics (test)"))
     parts.append(_misclassified(data.get("misclassified")))
+    parts.append(_label_issues(data.get("label_issues"), as_dict(metrics.get("label_issues"))))
     parts.append(trust_section(metrics))
     parts.append(_export(as_dict(data.get("export_check")) or as_dict(metrics.get("export_check"))))
     return (

@@ -178,3 +178,17 @@ def misclassified(samples_paths, y_true, y_pred, classes: list[str], limit: int 
         true, pred = classes[int(y_true[i])], classes[int(y_pred[i])]
         out.append({"path": str(samples_paths[i]), "true": true, "pred": pred, "thumbnail": thumb})
     return out
+
+
+def label_issue_items(rows: list[dict] | None, limit: int = 12) -> list[dict] | None:
+    """The first `limit` label issues with a thumbnail each ("" for an unreadable image)."""
+    if rows is None:
+        return None
+    out = []
+    for r in rows[:limit]:
+        try:
+            thumb = thumbnail_data_uri(r["path"])
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            thumb = ""
+        out.append({**r, "thumbnail": thumb})
+    return out

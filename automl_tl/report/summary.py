@@ -36,6 +36,7 @@ class FitSummary:
     ood: dict = field(default_factory=dict)
     shift: list[str] = field(default_factory=list)
     int8: dict = field(default_factory=dict)
+    label_issues: dict = field(default_factory=dict)
 
     @classmethod
     def of(cls, result) -> FitSummary:
@@ -67,6 +68,7 @@ class FitSummary:
             ood=m.get("ood") or {},
             shift=list(m.get("shift") or []),
             int8=m.get("int8") or {},
+            label_issues=m.get("label_issues") or {},
         )
 
     def to_dict(self) -> dict:
@@ -95,6 +97,12 @@ class FitSummary:
             )
         lines += [f"leakage: {m}" for m in self.split.get("leakage_messages") or []]
         lines += [f"shift: {line}" for line in self.shift]
+        li = self.label_issues
+        if li:
+            lines.append(
+                f"label issues: {li['count']} of {li['images_checked']} training and "
+                f"validation images look mislabelled (listed in {li['file']})"
+            )
         lines += self._trust_lines()
         chk = self.export_check
         lines += [

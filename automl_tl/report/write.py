@@ -3,15 +3,28 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import time
 from pathlib import Path
 
+from ..core.files import RUN_FULL_FIX, write_atomic
 from .html import write_report
-from .html_kit import misclassified
+from .html_kit import label_issue_items, misclassified
 from .run_folder import RunFolder
 
-__all__ = ["write_run"]
+__all__ = ["write_run", "issues_csv"]
+
+
+def issues_csv(rows: list[dict]) -> bytes:
+    """label_issues.csv: path,given,suggested,score, most likely wrong first."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "given", "suggested", "score"])
+    for r in rows:
+        writer.writerow([r["path"], r["given"], r["suggested"], f"{r['score']:.4f}"])
+    return buf.getvalue().encode()
 
 
 def write_run(
@@ -21,9 +34,12 @@ def write_run(
     plan,
     metrics: dict,
     pred_val,
+    label_issues: list[dict] | None = None,
 ) -> Path:
-    """plan.json, metrics.json, classes.json, audit.json and report.html into `folder`;
-    returns the report's path."""
+    """plan.json, metrics.json, classes.json, audit.json, label_issues.csv (when the label
+    issues were looked for) and report.html into `folder`; returns the report's path."""
+    if label_issues is not None:
+        write_atomic(folder.file("label_issues.csv"), issues_csv(label_issues), fix=RUN_FULL_FIX)
     for name, obj in (
         ("plan.json", plan.to_dict()),
         ("metrics.json", metrics),
@@ -48,5 +64,6 @@ def write_run(
             [s.path for s in data.val], y_val, pred_val, data.classes, limit=8
         ),
         "cache": metrics.get("feature_cache"),
+        "label_issues": label_issue_items(label_issues, limit=12),
     }
     return write_report(folder.path, page)
