@@ -10,7 +10,7 @@ choose it, out-of-fold probabilities are computed on train + validation (5 folds
 view's rows, the chosen C), and automl_tl.decide.label_issues flags images. Printed: precision
 and recall of the flagged list against the planted errors, the same for cleanlab's
 find_label_issues (prune_by_noise_rate, ranked by self-confidence) on the SAME probabilities
-when cleanlab is installed (`pip install -e '.[bench]'`), and the accuracy of a linear head
+when cleanlab is installed (the dev extra), and the accuracy of a linear head
 trained on all noisy training images against one trained without the flagged ones. The
 validation split is halved: one half chooses C for both heads, the other scores them (no
 planted errors there; with a test split, the test split scores them).

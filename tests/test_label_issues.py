@@ -54,7 +54,7 @@ def test_out_of_fold_probabilities_come_from_heads_that_did_not_see_the_image():
 
 
 def test_the_same_issues_as_cleanlab_on_the_same_probabilities():
-    cleanlab = pytest.importorskip("cleanlab.filter", reason="cleanlab is not installed")
+    cleanlab = pytest.importorskip("cleanlab.filter", reason="cleanlab (the dev extra) is absent")
     rng = np.random.default_rng(3)
     for trial in range(20):
         k = int(rng.integers(2, 6))
