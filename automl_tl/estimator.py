@@ -88,6 +88,7 @@ class AutoTransfer(BaseEstimator):
         engine: str = "auto",
         seed: int = 0,
         strict: bool = False,
+        drop_label_issues: bool = False,
         int8: bool = True,
         out: str | os.PathLike | None = None,
         quiet: bool = True,

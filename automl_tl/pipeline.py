@@ -33,7 +33,7 @@ from .data.input_size import choose_input
 from .decide.analysis import Analysis, analyse
 from .decide.banks import load_bank
 from .decide.frozen import choose_frozen, searches_views, with_frozen_choice, with_warm_start
-from .decide.label_issues import issues_of, label_issues_record
+from .decide.label_issues import issues_of, label_issues_record, without_issues
 from .decide.planner import Plan, make_plan, thresholds
 from .export.int8_step import int8_step
 from .export.publish import export_model, metadata
@@ -215,25 +215,32 @@ def _fit(source, s: Session, run: RunFolder, exclude, started: float) -> FitResu
         features.ensure(data.everything)  # collective: every rank embeds its share
     analysis, plan = _analyse(p, s)
     strategy = s.plugins.strategy(plan.strategy)
-    fitted, warm, choice = None, None, None
+    fitted, warm, choice, issues = None, None, None, None
+    searched = strategy.kind == "images" or searches_views(plan, st.strategy, st.case)
+    if searched:
+        include_default = strategy.kind == "images" or st.case != 2
+        with _step("the frozen choice"):
+            choice = choose_frozen(features, data, st.seed, console, include_default)
+        with _step("label issues"):  # the frozen head's out-of-fold view of every label
+            issues = issues_of(features, data, choice, st.seed, console)
+        if st.drop_label_issues and issues[0]:
+            data, dropped = without_issues(data, issues[0], choice, features)
+            p = replace(p, data=data)
+            plan = plan.adding(dropped["reason"])
+            issues = (*issues, dropped)
+            with _step("the frozen choice"):
+                choice = choose_frozen(features, data, st.seed, console, include_default)
     if strategy.kind == "images":
         with _step("the frozen choice"):
-            choice = choose_frozen(features, data, st.seed, console)
             warm, C = fit_warm_start(features, choice.view, data, console, choice.fit)
         plan = with_warm_start(plan, choice, warm.val_acc, C, spec, len(data.val))
         plan, context = _fine_tune_plan(plan, p, s, warm, analysis, started)
-    elif searches_views(plan, st.strategy, st.case):
-        with _step("the frozen choice"):
-            choice = choose_frozen(features, data, st.seed, console, st.case != 2)
+    elif searched:
         plan = with_frozen_choice(plan, choice, spec, len(data.val))
         fitted = choice.fit
         strategy = s.plugins.strategy(plan.strategy)
     for reason in plan.reasons:
         console.note(f"plan: {reason}")
-    issues = None
-    if choice is not None:  # the frozen head's out-of-fold view of every given label
-        with _step("label issues"):
-            issues = issues_of(features, data, choice, st.seed, console)
     if strategy.kind == "images":
         with _step("fine-tune"):
             trained = fine_tune(
@@ -251,7 +258,12 @@ def _fit(source, s: Session, run: RunFolder, exclude, started: float) -> FitResu
         trained, data, plan, time.perf_counter() - started, cache_stats, warm
     )  # fmt: skip
     if issues is not None:
-        metrics["label_issues"] = label_issues_record(*issues)
+        metrics["label_issues"] = label_issues_record(*issues[:2])
+        if len(issues) > 2:  # dropped: the same validation and test images, before and after
+            after = {"validation": metrics["validation"]["accuracy"]}
+            if "test" in metrics:
+                after["test"] = metrics["test"]["accuracy"]
+            metrics["label_issues"]["dropped"] = {**issues[2], "after": after}
     result = FitResult(run.path, run.file("model.onnx"), None, data, kept, analysis, plan,
                        trained, metrics, {}, cache_stats)  # fmt: skip
     if s.rank != 0:  # under torchrun, rank 0 alone exports and writes the run folder

@@ -172,6 +172,11 @@ class Settings:
     engine: str = _opt("auto", "Frozen-backbone runtime (auto: onnxruntime on CPU, torch on CUDA).")
     seed: int = _opt(0, "Seeds the validation split and training.")
     strict: bool = _opt(False, "Every data problem is an error.")
+    drop_label_issues: bool = _opt(
+        False,
+        "Fit again without the training images label_issues.csv lists (nothing on disk "
+        "changes); accuracy before and after on the same validation and test images.",
+    )
     int8: bool = _opt(
         True,
         "After export, quantise the model to int8 and keep model.int8.onnx when it is at "

@@ -101,3 +101,26 @@ def test_a_fit_lists_planted_label_errors_and_moves_nothing(tmp_path):
     assert all(p.is_file() for p in planted)
     report = (model.run_dir_ / "report.html").read_text()
     assert "Possible label errors" in report and planted[0].name in report
+    # --drop-label-issues: the flagged training images are left out of a second fit; the
+    # validation images stay, so before and after are on the same images
+    again = AutoTransfer(out=tmp_path / "run2", quiet=True, int8=False, drop_label_issues=True)
+    again.fit(data)
+    dropped = again.metrics_["label_issues"]["dropped"]
+    val_paths = {str(s.path) for s in _val_samples(again)}
+    flagged_train = [r for r in rows if r["path"] not in val_paths]
+    assert dropped["images"] == len(flagged_train)
+    assert dropped["after"]["validation"] == again.metrics_["validation"]["accuracy"]
+    assert (
+        set(dropped["before"]) == {"validation"}
+        and again.metrics_["validation"]["n"] == (model.metrics_["validation"]["n"])
+    )
+    assert any(r.startswith(f"label issues: {len(flagged_train)} training images") for r in
+               again.plan_.reasons)  # fmt: skip
+    assert all(p.is_file() for p in planted)
+
+
+def _val_samples(model):
+    from automl_tl.core.console import Console
+    from automl_tl.data.dataset import read_data
+
+    return read_data(model.run_dir_.parent / "digits", 0.2, 0, Console(True)).val

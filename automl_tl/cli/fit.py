@@ -14,7 +14,8 @@ _FIT = (
     "out", "backbone", "weights", "allow_download", "case", "strategy", "source_bank",
     "size_ratio", "similarity_pvalue", "time_budget", "finetune_epochs", "finetune",
     "input_size", "resume", "overwrite", "epochs", "val_fraction", "batch_size", "cache_dir",
-    "cache_dtype", "engine", "seed", "strict", "int8", "quiet",
+    "cache_dtype", "engine", "seed", "strict", "drop_label_issues", "int8",
+    "quiet",
 )  # fmt: skip
 _ANALYZE = (
     "backbone", "weights", "source_bank", "size_ratio", "similarity_pvalue", "case",

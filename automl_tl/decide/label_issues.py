@@ -36,6 +36,7 @@ __all__ = [
     "out_of_fold_probabilities",
     "issues_of",
     "label_issues_record",
+    "without_issues",
 ]
 
 
@@ -216,3 +217,39 @@ def label_issues_record(rows: list[dict], checked: int) -> dict:
         "probabilities of the frozen head, training and validation images",
         "file": "label_issues.csv",
     }
+
+
+def without_issues(data, rows: list[dict], choice, features):
+    """`data` without the training images listed in `rows` (validation and test stay, so
+    before and after are measured on the same images), and what was dropped: how many, and
+    the frozen choice's accuracy before, on validation and on test."""
+    import dataclasses
+
+    import torch
+
+    from ..train.logreg import fit_logreg
+
+    flagged = {r["path"] for r in rows}
+    train = [s for s in data.train if str(s.path) not in flagged]
+    view = choice.view.name
+    entry = next((c for c in choice.candidates if c.get("view") == view), {})
+    head = choice.fit.head if choice.fit is not None else None
+    if head is None:
+        head = fit_logreg(
+            features.rows(data.train, view), data.labels(data.train),
+            features.rows(data.val, view), data.labels(data.val), len(data.classes),
+            Cs=(float(entry.get("C", 1.0)),),
+        ).head  # fmt: skip
+    before = {}
+    for name, part in (("validation", data.val), ("test", data.test)):
+        if part:
+            with torch.no_grad():
+                pred = head(features.rows(part, view).dequantize()).argmax(1).numpy()
+            before[name] = round(float((pred == data.labels(part)).mean()), 4)
+    n = len(data.train) - len(train)
+    reason = (
+        f"label issues: {n} training images flagged as mislabelled are left out "
+        f"(--drop-label-issues; {len(rows) - n} flagged validation images stay, so before "
+        "and after are measured on the same images); the frozen choice is made again"
+    )
+    return dataclasses.replace(data, train=train), {"images": n, "before": before, "reason": reason}

@@ -103,6 +103,16 @@ class FitSummary:
                 f"label issues: {li['count']} of {li['images_checked']} training and "
                 f"validation images look mislabelled (listed in {li['file']})"
             )
+            if li.get("dropped"):
+                d = li["dropped"]
+                lines.append(
+                    f"label issues dropped: {d['images']} training images left out; "
+                    + ", ".join(
+                        f"{k} accuracy {d['before'][k]:.4f} -> {d['after'][k]:.4f}"
+                        for k in d["before"]
+                        if k in d["after"]
+                    )
+                )
         lines += self._trust_lines()
         chk = self.export_check
         lines += [
