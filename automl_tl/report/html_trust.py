@@ -78,10 +78,15 @@ def _calibration(cal: dict) -> str:
         rows.append(["test", esc(t.get("n")), num(t["before"]["ece"], ".4f"),
                      num(t["after"]["ece"], ".4f"), num(t["before"]["nll"], ".4f"),
                      num(t["after"]["nll"], ".4f")])  # fmt: skip
+    applied = (
+        f"the logits are divided by T = {esc(cal.get('temperature'))}, fitted on the "
+        "validation split and folded into the exported graph"
+        if not cal.get("note")
+        else "fitted on the validation split, not applied (below)"
+    )
     text = (
-        f"<p>{esc(cal.get('method', 'temperature scaling'))}: the logits are divided by "
-        f"T = {esc(cal.get('temperature'))}, fitted on the validation split and folded into "
-        "the exported graph. Expected calibration error (15 bins) and negative "
+        f"<p>{esc(cal.get('method', 'temperature scaling'))}: {applied}. Expected "
+        "calibration error (15 bins) and negative "
         "log-likelihood before and after; cross-fitted = fitted on one half of validation, "
         "measured on the other.</p>"
     )
