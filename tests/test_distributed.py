@@ -82,7 +82,8 @@ def test_fit_under_torchrun_fresh_then_warm_gives_the_one_process_model(tmp_path
         diff = np.abs(_probabilities(two["model"], images) - _probabilities(one["model"], images))
         assert float(diff.max()) < 1e-3
     for out in ("fresh", "warm"):  # one run folder, written by rank 0
-        assert sorted(p.name for p in (tmp_path / out).iterdir()) == [
-            "audit.json", "classes.json", "metrics.json", "model.onnx", "plan.json",
-            "report.html",
-        ]  # fmt: skip
+        kept = json.loads((tmp_path / out / "metrics.json").read_text())["int8"]["kept"]
+        assert sorted(p.name for p in (tmp_path / out).iterdir()) == sorted([
+            "audit.json", "classes.json", "label_issues.csv", "metrics.json", "model.onnx",
+            "plan.json", "report.html", *(["model.int8.onnx"] if kept else []),
+        ])  # fmt: skip
