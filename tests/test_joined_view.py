@@ -161,12 +161,13 @@ def test_a_cold_fit_fits_the_chosen_head_once_and_a_warm_refit_gets_the_same_hea
     what the choice measured, a warm re-run (the choice remembered) fits it once, and both
     runs end with the same predictions."""
     import automl_tl.decide.candidates as candidates
+    import automl_tl.decide.label_issues as label_issues
     import automl_tl.train.logreg as logreg
     from automl_tl import AutoTransfer
     from automl_tl.data.demo import write_digits
 
     data = write_digits(tmp_path / "digits")  # the demo's 400 digits
-    calls = {"choice": 0, "strategy": 0}
+    calls = {"choice": 0, "strategy": 0, "label issues": 0}
     real = logreg.fit_logreg
 
     def counted(where):
@@ -178,16 +179,18 @@ def test_a_cold_fit_fits_the_chosen_head_once_and_a_warm_refit_gets_the_same_hea
 
     monkeypatch.setattr(candidates, "fit_logreg", counted("choice"))
     monkeypatch.setattr(logreg, "fit_logreg", counted("strategy"))
+    monkeypatch.setattr(label_issues, "fit_logreg", counted("label issues"))
     runs = []
     for i in range(2):
         est = AutoTransfer(out=tmp_path / f"run{i}", cache_dir=tmp_path / "cache", quiet=True)
         runs.append((est.fit(data), dict(calls)))
-        calls.update(choice=0, strategy=0)
+        calls.update({k: 0 for k in calls})
     (cold, cold_calls), (warm, warm_calls) = runs
     assert "+" in cold.plan_.view  # a joined view: its columns come in stage order
     tried = len(cold.plan_.candidates)
-    assert cold_calls == {"choice": tried, "strategy": 0}
-    assert warm_calls == {"choice": 0, "strategy": 1}
+    # the label issues' out-of-fold heads: one per fold, cold; remembered, warm
+    assert cold_calls == {"choice": tried, "strategy": 0, "label issues": label_issues.FOLDS}
+    assert warm_calls == {"choice": 0, "strategy": 1, "label issues": 0}
     measured = next(c for c in cold.plan_.candidates if c["view"] == cold.plan_.view)
     accuracy = [r.metrics_["validation"]["accuracy"] for r in (cold, warm)]
     assert accuracy == [measured["val_acc"]] * 2

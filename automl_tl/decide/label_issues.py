@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..train.logreg import as_float_rows, fit_logreg
+
 __all__ = [
     "LabelIssues",
     "confident_joint",
@@ -139,8 +141,6 @@ def out_of_fold_probabilities(
     C) fitted on the other folds' rows; folds stratified by label."""
     import torch
 
-    from ..train.logreg import as_float_rows, fit_logreg
-
     x = as_float_rows(rows)
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
@@ -226,8 +226,6 @@ def without_issues(data, rows: list[dict], choice, features):
     import dataclasses
 
     import torch
-
-    from ..train.logreg import fit_logreg
 
     flagged = {r["path"] for r in rows}
     train = [s for s in data.train if str(s.path) not in flagged]
