@@ -19,6 +19,7 @@ __all__ = [
     "calibration_bins",
     "expected_calibration_error",
     "fit_temperature",
+    "conformal_pvalue",
 ]
 
 
@@ -162,3 +163,11 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
             b = lo + g * (hi - lo)
             fb = loss(b)
     return float(math.exp(-(lo + hi) / 2))
+
+
+def conformal_pvalue(scores: np.ndarray, held_out: np.ndarray) -> np.ndarray:
+    """Conformal p-value of each score against held-out scores (low = unusual):
+    (1 + #{held-out <= s}) / (n + 1), what the exported graph's ood_pvalue computes."""
+    ref = np.sort(np.asarray(held_out, dtype=np.float32))
+    below = np.searchsorted(ref, np.asarray(scores, dtype=np.float32), side="right")
+    return (below + 1.0) / (len(ref) + 1.0)

@@ -10,6 +10,8 @@ import time
 
 import numpy as np
 
+from ..core.stats import conformal_pvalue
+
 __all__ = ["measure", "verdict", "flags_after"]
 
 
@@ -75,9 +77,8 @@ def measure(
 
 def flags_after(measured: dict, scores: np.ndarray, threshold: float) -> None:
     """The OOD flags of the recalibrated int8 model on the validation images, against fp32's."""
-    ref = np.sort(scores)
-    p = (np.searchsorted(ref, scores, side="right") + 1.0) / (len(ref) + 1.0)
-    flags, fp32 = p <= threshold, measured.pop("_fp32_ood_flags")
+    flags = conformal_pvalue(scores, scores) <= threshold
+    fp32 = measured.pop("_fp32_ood_flags")
     measured["ood_flag_agreement"] = float(np.mean(flags == fp32))
     measured["fp32_ood_flagged"] = float(np.mean(fp32))
     measured["int8_ood_flagged"] = float(np.mean(flags))

@@ -36,6 +36,11 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def _probabilities(out: dict[str, np.ndarray]) -> np.ndarray:
+    """The graph's calibrated probabilities; softmax of the logits for an older model."""
+    return out["probabilities"] if "probabilities" in out else _softmax(out["logits"])
+
+
 def model_file(model: str | os.PathLike) -> Path:
     """The model.onnx of a run folder, or `model` itself when it is a file."""
     path = Path(model)
@@ -107,7 +112,7 @@ class Predictor:
             raise AutoTLError(f"cannot read image: {why}") from None
 
     def _records(self, out: dict[str, np.ndarray], top_k: int) -> list[dict]:
-        probs = out["probabilities"] if "probabilities" in out else _softmax(out["logits"])
+        probs = _probabilities(out)
         pvalues = out.get("ood_pvalue")
         records = []
         for i, row in enumerate(probs):
@@ -142,7 +147,7 @@ class Predictor:
                 except Exception as e:
                     raise AutoTLError(f"cannot read image '{f}': {_first_line(e)}") from None
             o = self.run(batch_to_float(arrays))
-            out.append(o["probabilities"] if "probabilities" in o else _softmax(o["logits"]))
+            out.append(_probabilities(o))
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
 
     def predict(self, paths, top_k: int = 1, batch_size: int = 32) -> list[dict]:

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.stats import conformal_pvalue  # the graph's p-value in numpy
+
 __all__ = [
     "ModelOutputs",
     "OUTPUT_NAMES",
@@ -59,26 +61,26 @@ class ModelOutputs(nn.Module):
         return z, torch.softmax(z, dim=1), s, p
 
 
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows flattened to float32 and scaled to unit L2 norm (as the graph's _normalise)."""
+    x = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def knn_similarity(features: np.ndarray, reference: np.ndarray, k: int) -> np.ndarray:
     """ModelOutputs.score in numpy (what the graph computes), in chunks."""
-
-    def norm(x):
-        x = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
-        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-    ref = norm(reference).T
+    ref = _unit_rows(reference).T
     k = min(k, ref.shape[1])
     out = []
     for start in range(0, len(features), 1024):
-        sims = norm(features[start : start + 1024]) @ ref
+        sims = _unit_rows(features[start : start + 1024]) @ ref
         out.append(-np.sort(-sims, axis=1)[:, :k].mean(axis=1))
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
 def loo_similarity(reference: np.ndarray, k: int) -> np.ndarray:
     """Each reference row's knn_similarity to the other rows (itself left out)."""
-    x = np.asarray(reference, dtype=np.float32).reshape(len(reference), -1)
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    x = _unit_rows(reference)
     k = min(k, len(x) - 1)
     if k < 1:
         return np.zeros(0, np.float32)
@@ -89,10 +91,3 @@ def loo_similarity(reference: np.ndarray, k: int) -> np.ndarray:
         sims[rows, start + rows] = -np.inf
         out.append(-np.sort(-sims, axis=1)[:, :k].mean(axis=1))
     return np.concatenate(out)
-
-
-def conformal_pvalue(scores: np.ndarray, held_out: np.ndarray) -> np.ndarray:
-    """ModelOutputs' p-value in numpy: (1 + #{held-out <= s}) / (n + 1)."""
-    ref = np.sort(np.asarray(held_out, dtype=np.float32))
-    below = np.searchsorted(ref, np.asarray(scores, dtype=np.float32), side="right")
-    return (below + 1.0) / (len(ref) + 1.0)
