@@ -20,7 +20,7 @@ CPU_SRCS   := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp)
 $(STAMP): pyproject.toml $(CPU_SRCS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet 'setuptools>=68' wheel ninja $(TORCH_REQS)
-	$(BUILD_ENV) $(BIN)/python -m pip install --quiet --no-build-isolation -e '.[dev,lite,timm]'
+	$(BUILD_ENV) $(BIN)/python -m pip install --quiet --no-build-isolation -e '.[dev,timm]'
 	$(BIN)/python -c "import automl_tl.features.ops as o; print('automl-tl ops backend:', o.backend(), '-', o.backend_detail())"
 	touch $(STAMP)
 

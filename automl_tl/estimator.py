@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .core.errors import AutoTLError, NotFittedError
-from .settings import DEFAULT_BACKBONE, Settings
+from .settings import Settings
 
 __all__ = ["AutoTransfer", "BaseEstimator"]
 
@@ -62,7 +62,7 @@ class AutoTransfer(BaseEstimator):
 
     def __init__(
         self,
-        backbone: str = DEFAULT_BACKBONE,
+        backbone: str = "auto",
         weights: str | None = None,
         allow_download: bool = False,
         case: int | None = None,

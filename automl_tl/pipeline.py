@@ -31,7 +31,8 @@ from .core.tasks import HeadConfig
 from .data.dataset import Dataset, read_data
 from .data.input_size import choose_input
 from .decide.analysis import Analysis, analyse
-from .decide.banks import load_bank
+from .decide.backbones import AUTO, Candidate, offline_candidates, search
+from .decide.banks import bank_backbone, load_bank
 from .decide.frozen import choose_frozen, searches_views, with_frozen_choice, with_warm_start
 from .decide.label_issues import issues_of, label_issues_record, without_issues
 from .decide.planner import Plan, make_plan, thresholds
@@ -46,7 +47,7 @@ from .report.metrics import fit_metrics
 from .report.run_folder import RunFolder, default_run_dir
 from .report.summary import AnalysisSummary, FitSummary
 from .report.write import write_run
-from .settings import Settings
+from .settings import DEFAULT_BACKBONE, Settings
 from .train.estimates import budget, describe, measure_candidates
 from .train.run import Trained, fine_tune, fit_frozen, kept_spec
 from .train.warm import fit_warm_start, rewarm_at
@@ -139,19 +140,37 @@ def _session(settings: Settings, rank: int = 0) -> Session:
     return Session(settings, console, get_plugins(), root, Memo(root, console), rank)
 
 
-def _prepare(source, s: Session, exclude: tuple[Path, ...] = ()) -> Prepared:
-    """Read the data, load the backbone, open its feature cache."""
+def _backbones(s: Session) -> list:
+    """The backbones a fit may use: the one named, or (auto) every one whose weights are on
+    this machine, cheapest first; with a source bank, the bank's own backbone."""
     st = s.settings
-    spec = s.plugins.backbone(st.backbone)
-    with _step("audit"):
-        data = read_data(
-            source, st.val_fraction, st.seed, s.console, st.strict, s.memo, exclude
-        )  # fmt: skip
+    if st.backbone != AUTO:
+        return [s.plugins.backbone(st.backbone)]
+    if st.source_bank:
+        return [s.plugins.backbone(bank_backbone(st.source_bank))]
+    found = offline_candidates(s.plugins.backbones)
+    return found or [s.plugins.backbone(DEFAULT_BACKBONE)]  # its error says what is missing
+
+
+def _open(spec, s: Session) -> Candidate:
+    """A backbone built and its feature cache opened."""
+    st = s.settings
     net = spec.build(st.weights, allow_download=st.allow_download)
     features = FeatureCache(
         spec, net, s.cache_root, st.cache_dtype, st.engine, st.batch_size, s.console
     )  # fmt: skip
-    return Prepared(data, spec, net, features)
+    return Candidate(spec, net, features)
+
+
+def _prepare(source, s: Session, exclude: tuple[Path, ...] = ()) -> Prepared:
+    """Read the data, load the (first) backbone, open its feature cache."""
+    st = s.settings
+    with _step("audit"):
+        data = read_data(
+            source, st.val_fraction, st.seed, s.console, st.strict, s.memo, exclude
+        )  # fmt: skip
+    c = _open(_backbones(s)[0], s)
+    return Prepared(data, c.spec, c.net, c.features)
 
 
 def _analyse(p: Prepared, s: Session) -> tuple[Analysis, Plan]:
@@ -179,6 +198,11 @@ def analyze(source, settings: Settings) -> AnalysisResult:
     s = _session(settings.checked())
     p = _prepare(source, s)
     analysis, plan = _analyse(p, s)
+    if len(_backbones(s)) > 1:
+        plan = plan.adding(
+            f"backbone auto: analysed with the cheapest, {p.spec.name}; a fit measures every "
+            "backbone whose weights are here (`automl-tl backbones`) within its budget"
+        )
     return AnalysisResult(p.data, p.spec, analysis, plan)
 
 
@@ -219,8 +243,19 @@ def _fit(source, s: Session, run: RunFolder, exclude, started: float) -> FitResu
     searched = strategy.kind == "images" or searches_views(plan, st.strategy, st.case)
     if searched:
         include_default = strategy.kind == "images" or st.case != 2
-        with _step("the frozen choice"):
-            choice = choose_frozen(features, data, st.seed, console, include_default)
+        specs = _backbones(s)
+        if len(specs) > 1:  # --backbone auto: the frozen choice on each, then across them
+            with _step("the backbone search"):
+                p, choice, tried, why = _search(specs, p, s, include_default, started)
+            if p.spec is not spec:  # the winner's own profile and plan
+                data, spec, features = p.data, p.spec, p.features
+                features.ensure(data.everything)
+                analysis, plan = _analyse(p, s)
+                strategy = s.plugins.strategy(plan.strategy)
+            plan = plan.adding(why, backbones=tried)
+        else:
+            with _step("the frozen choice"):
+                choice = choose_frozen(features, data, st.seed, console, include_default)
         with _step("label issues"):  # the frozen head's out-of-fold view of every label
             issues = issues_of(features, data, choice, st.seed, console)
         if st.drop_label_issues and issues[0]:
@@ -287,6 +322,22 @@ def _fit(source, s: Session, run: RunFolder, exclude, started: float) -> FitResu
                            issues[0] if issues else None)  # fmt: skip
     run.remove_checkpoints()  # the run finished: nothing will resume them
     return replace(result, report_path=report, metrics=metrics, export_check=check)
+
+
+def _search(specs, p: Prepared, s: Session, include_default: bool, started):
+    """The backbone search (decide.backbones): the winner's Prepared and frozen choice, every
+    backbone tried (as plan records) and the reason."""
+    first = Candidate(p.spec, p.net, p.features)
+    left = budget(s.settings.time_budget, started)
+    won, tried, reason = search(
+        specs, first, lambda spec: _open(spec, s), p.data, s.settings.seed, s.console,
+        left.deadline, include_default,
+    )  # fmt: skip
+    if won is not first:
+        p.features.close()
+        p.features.release()
+    p = replace(p, spec=won.spec, net=won.net, features=won.features)
+    return p, won.choice, [t.to_dict() for t in tried], reason
 
 
 def _fine_tune_plan(plan: Plan, p: Prepared, s: Session, warm, analysis, started: float):

@@ -124,7 +124,12 @@ def _opt(default, help_text: str):
 class Settings:
     """Everything a fit (or an analysis) is told; see AutoTransfer for the meaning of each."""
 
-    backbone: str = _opt(DEFAULT_BACKBONE, "Registered backbone (`automl-tl backbones`).")
+    backbone: str = _opt(
+        "auto",
+        "Registered backbone (`automl-tl backbones`), or auto: the frozen choice on every "
+        "backbone whose weights are on this machine that fits the time budget, cheapest kept "
+        "unless a bigger one validates better by more than the noise.",
+    )
     weights: str | None = _opt(None, "Local weight file for the backbone.")
     allow_download: bool = _opt(False, "Let the backbone download missing weights.")
     case: int | None = _opt(None, "Force a case (1-4) instead of the planner's.")
@@ -189,6 +194,8 @@ class Settings:
         """Self, when every value is allowed; else AutoTLError naming the first that is not."""
         for f in fields(self):
             check_value(f.name, getattr(self, f.name))
+        if self.weights and self.backbone == "auto":
+            raise AutoTLError("--weights belongs to one backbone; name it with --backbone NAME")
         if self.resume and self.overwrite:
             raise AutoTLError("resume and overwrite exclude each other; pass one of them")
         return self

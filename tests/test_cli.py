@@ -68,7 +68,7 @@ def test_strict_turns_problems_into_errors(tmp_path):
         (["--batch-size", "0"], "--batch-size", "a whole number at least 1"),
         (["--input-size", "100"], "--input-size", "auto, backbone or a multiple of 32"),
         (["--finetune", "some"], "--finetune", "'auto', 'partial', 'full'"),
-        (["--backbone", "nonet"], "--backbone", "efficientnet_lite0"),
+        (["--backbone", "nonet"], "--backbone", "use one of auto, convnext_tiny"),
         (["--strategy", "nostrategy"], "--strategy", "linear_head"),
     ],
 )
@@ -122,6 +122,12 @@ def test_fit_json_summary(cli_run):
     # small data; the last stage pooled is within one standard error of the best view: case 1
     assert summary["classes"] == ["0", "1"] and summary["case"] == 1
     assert summary["images_used"] == 21 and summary["files_skipped"] == 1
+    # the default backbone search tried the three installed Lite backbones, cheapest first
+    tried = [t["backbone"] for t in summary["backbones"]]
+    assert tried == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+    assert summary["backbone"] == next(
+        t["backbone"] for t in summary["backbones"] if t["status"] == "chosen"
+    )
     assert summary["export_check"]["passed"] is True
     assert "notes.jpg" in res.stderr  # per-file problem listed, run continued
     # --json makes stdout JSON and nothing more: progress still goes to stderr
@@ -137,6 +143,7 @@ def test_fit_shows_progress_unless_quiet(tmp_path):
     for step in ("audit", "embed", "bn-drift", "candidates", "head/s"):
         assert step in loud.stderr
     assert "validation accuracy" in loud.stdout
+    assert "backbones: efficientnet_lite0 " in loud.stdout  # what the search measured
     quiet = run("fit", data, "--out", tmp_path / "b", "--epochs", "3", "--quiet")
     assert quiet.returncode == 0 and quiet.stderr == ""
 

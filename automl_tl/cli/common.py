@@ -42,15 +42,18 @@ class NameType(click.ParamType):
 
     name = "name"
 
-    def __init__(self, kind: str):
-        self.kind = kind
+    def __init__(self, kind: str, auto: bool = False):
+        self.kind, self.auto = kind, auto  # auto: "auto" is allowed (the backbone search)
 
     def convert(self, value, param, ctx):
         from ..plugins import get_plugins
 
         table = get_plugins().backbones if self.kind == "backbone" else get_plugins().strategies
+        if self.kind == "backbone" and value == "auto" and self.auto:
+            return value
         if value not in table:
             known = ", ".join(sorted(table)) or "none"
+            known = f"auto, {known}" if self.auto else known
             self.fail(f"{value!r} is not a registered {self.kind}; use one of {known}")
         return value
 
@@ -61,7 +64,7 @@ _PATHS = {
     "cache_dir": click.Path(file_okay=False),
     "out": click.Path(),
 }
-_NAMES = {"backbone": NameType("backbone"), "strategy": NameType("strategy")}
+_NAMES = {"backbone": NameType("backbone", auto=True), "strategy": NameType("strategy")}
 
 
 def _option(name: str):

@@ -14,7 +14,7 @@ from ..features.embed import embed
 from ..features.extractor import FeatureExtractor
 from .similarity import SourceBank, bank_file, image_bank
 
-__all__ = ["build_bank", "load_bank"]
+__all__ = ["build_bank", "bank_backbone", "load_bank"]
 
 
 def build_bank(
@@ -40,6 +40,11 @@ def build_bank(
         else bank_file(spec.name, file_sha256(weights_file) if weights_file else None)
     )
     return bank.save(target), bank
+
+
+def bank_backbone(path: str | os.PathLike) -> str:
+    """The backbone the source bank at `path` was built for."""
+    return SourceBank.load(path).backbone
 
 
 def load_bank(path: str | os.PathLike, spec) -> SourceBank:

@@ -83,6 +83,8 @@ class Plan:
     # The input crop of the kept model, evaluated and exported at it: the backbone's own,
     # unless fine-tuning at a smaller input (data.input_size.choose_input) was kept.
     input_size: int = 0
+    # --backbone auto: every backbone tried (decide.backbones.Tried), cheapest first.
+    backbones: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -17,7 +17,7 @@ from ..core.contract import BackboneSpec
 from ..core.distributed import barrier, world
 from ..core.errors import DiskFullError, cache_full_warning
 from ..core.files import file_sha256
-from ..core.machine import pick_batch_size
+from ..core.machine import give_back_memory, pick_batch_size
 from ..data.batches import iter_batches
 from ..data.decode import decoder_id, load_image
 from ..data.files import Sample
@@ -25,7 +25,7 @@ from . import ops
 from .extractor import FeatureExtractor
 from .memo import Memo
 from .rows import StoredRows
-from .runners import make_runner, pick_engine
+from .runners import forget_runner, make_runner, pick_engine
 from .stage_graph import extractor_key, read_sidecar
 from .store import FeatureStore
 from .views import JOINER, frozen_views
@@ -149,7 +149,8 @@ class FeatureCache:
             self._memory = _MemoryRows(self._dtype)
             self.console.warn_once(("cache-full", str(self.root)), cache_full_warning(error))
 
-    def _missing(self, samples: Sequence[Sample]) -> list[Sample]:
+    def missing(self, samples: Sequence[Sample]) -> list[Sample]:
+        """The samples (once per content) that lack the rows of at least one view."""
         digests = [s.digest for s in samples]
         gaps: set[int] = set()
         for stage in self.view_names:
@@ -188,6 +189,15 @@ class FeatureCache:
             self.stats.engine = self._runner.engine
         return self._runner
 
+    def release(self) -> None:
+        """Drop the stage runner (its onnxruntime session and buffers, hundreds of MB) until
+        rows must be computed again; the exported graph stays in the cache's models/ folder,
+        so a later runner starts from it."""
+        if self._runner is not None:
+            forget_runner(self._runner)
+        self._runner = None
+        give_back_memory()
+
     def sibling(self, spec: BackboneSpec | None = None, views=None) -> FeatureCache:
         """A cache of the same network, folder, storage and engine for other `views` (a
         stage's whole map) or another `spec` (the backbone at another input size)."""
@@ -216,14 +226,14 @@ class FeatureCache:
         self._compute_missing(samples, rank, size)
         if size > 1:
             barrier()
-            late = self._missing(samples)  # kept in another process's memory: its disk was full
+            late = self.missing(samples)  # kept in another process's memory: its disk was full
             if late:
                 self._compute(late)
                 self.stats.computed += len(late)
 
     def _compute_missing(self, samples: list[Sample], rank: int = 0, size: int = 1) -> None:
         """Compute this process's share (`rank` of `size`) of the rows `samples` miss."""
-        todo = self._missing(samples)
+        todo = self.missing(samples)
         fresh = {s.digest for s in samples} - self._counted
         self._counted |= fresh
         self.stats.hits += len(fresh - {s.digest for s in todo})

@@ -43,6 +43,7 @@ __all__ = [
     "OrtRunner",
     "pick_engine",
     "make_runner",
+    "forget_runner",
 ]
 
 ENGINES = ("auto", "onnxruntime", "torch")
@@ -137,6 +138,12 @@ def _verified_runner(path: Path, threads: int | None) -> OrtRunner | None:
         _RUNNERS.clear()
     _RUNNERS[(str(path), threads)] = (sig, runner)
     return runner
+
+
+def forget_runner(runner) -> None:
+    """Stop keeping `runner`'s session open (its memory goes once nothing else holds it)."""
+    for key in [k for k, (_, r) in _RUNNERS.items() if r is runner]:
+        del _RUNNERS[key]
 
 
 _SESSION_DIR: list[Path] = []

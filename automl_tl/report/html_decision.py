@@ -88,6 +88,7 @@ def decision_section(plan: dict, profile: dict) -> str:
     if plan.get("reasons"):
         items = "".join(f"<li>{esc(r)}</li>" for r in plan["reasons"])
         body += f"<h3>Why this plan</h3><ol>{items}</ol>"
+    body += _backbones(plan)
     body += "<h3>Cut points</h3>" + _stage_table(profile, plan.get("cut"))
     body += _candidates(plan)
     body += _estimates(plan)
@@ -149,3 +150,40 @@ def _candidates(plan: dict) -> str:
         "joined)</h3>"
     )
     return title + table(head, rows, numeric=(2, 3, 4, 5, 6), mark=mark)
+
+
+def _backbones(plan: dict) -> str:
+    """--backbone auto: every backbone tried, cheapest first, the chosen one marked."""
+    tried = [t for t in plan.get("backbones") or [] if isinstance(t, dict)]
+    if not tried:
+        return ""
+    rows = []
+    for t in tried:
+        status = t.get("status", "")
+        said = status if status != "skipped" else f"skipped: {t.get('reason', '')}"
+        rows.append(
+            [
+                esc(t.get("backbone")) + (" ◀ chosen" if status == "chosen" else ""),
+                esc(t.get("input")),
+                bar(t.get("val_acc")) + num(t.get("val_acc"), ".4f"),
+                esc(t.get("view") or "–"),
+                seconds_text(t.get("embed_seconds")),
+                num(t.get("images_per_second"), ".1f"),
+                seconds_text(t.get("choice_seconds")),
+                seconds_text(t.get("estimate_seconds"))
+                if t.get("estimate_seconds") is not None
+                else "first: always runs",
+                esc(said),
+            ]
+        )
+    head = ["backbone", "input", "validation accuracy (frozen choice)", "view",
+            "embedding (this run)", "images/s (decode + graph)", "choice", "estimate before",
+            "outcome"]  # fmt: skip
+    mark = next((i for i, t in enumerate(tried) if t.get("status") == "chosen"), -1)
+    why = next((r for r in plan.get("reasons") or [] if r.startswith("backbone search: ")), "")
+    title = "<h3>Backbones tried (cheapest first)</h3>"
+    return (
+        title
+        + table(head, rows, numeric=(1, 2, 4, 5, 6, 7), mark=mark)
+        + (f"<p>{esc(why)}</p>" if why else "")
+    )

@@ -37,6 +37,7 @@ class FitSummary:
     shift: list[str] = field(default_factory=list)
     int8: dict = field(default_factory=dict)
     label_issues: dict = field(default_factory=dict)
+    backbones: list[dict] = field(default_factory=list)
 
     @classmethod
     def of(cls, result) -> FitSummary:
@@ -69,6 +70,7 @@ class FitSummary:
             shift=list(m.get("shift") or []),
             int8=m.get("int8") or {},
             label_issues=m.get("label_issues") or {},
+            backbones=list(result.plan.backbones),
         )
 
     def to_dict(self) -> dict:
@@ -94,6 +96,18 @@ class FitSummary:
                 f"test accuracy {self.test_accuracy:.4f}, balanced "
                 f"{self.test_balanced_accuracy:.4f} on {self.test_images} images (held out, "
                 "evaluated once after the model was chosen)"
+            )
+        if self.backbones:  # --backbone auto: what the search measured
+            lines.append(
+                "backbones: "
+                + ", ".join(
+                    f"{t['backbone']} {t['val_acc']:.4f}"
+                    + (" (chosen)" if t["status"] == "chosen" else "")
+                    if t["val_acc"] is not None
+                    else f"{t['backbone']} skipped (time budget)"
+                    for t in self.backbones
+                )
+                + " validation accuracy of the frozen choice"
             )
         lines += [f"leakage: {m}" for m in self.split.get("leakage_messages") or []]
         lines += [f"shift: {line}" for line in self.shift]

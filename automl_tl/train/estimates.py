@@ -294,12 +294,12 @@ def measure_candidates(
     everything = data.everything
 
     def missing(after: int) -> int:
-        return len(features.sibling(views=[map_view(spec, after)])._missing(everything))
+        return len(features.sibling(views=[map_view(spec, after)]).missing(everything))
 
     def rewarm_missing() -> int:  # train + validation images not yet embedded at `tuning`
         found = cache_at_input(features, tuning, warm.view)
         train_val = data.train + data.val
-        return len(found[0]._missing(train_val)) if found else len(train_val)
+        return len(found[0].missing(train_val)) if found else len(train_val)
 
     estimates = estimate_candidates(
         spec,

