@@ -31,8 +31,8 @@ from .core.tasks import HeadConfig
 from .data.dataset import Dataset, read_data
 from .data.input_size import choose_input
 from .decide.analysis import Analysis, analyse
-from .decide.backbones import AUTO, Candidate, offline_candidates, search
-from .decide.banks import bank_backbone, load_bank
+from .decide.backbones import Candidate, backbones_for, search
+from .decide.banks import load_bank
 from .decide.frozen import choose_frozen, searches_views, with_frozen_choice, with_warm_start
 from .decide.label_issues import issues_of, label_issues_record, without_issues
 from .decide.planner import Plan, make_plan, thresholds
@@ -47,7 +47,7 @@ from .report.metrics import fit_metrics
 from .report.run_folder import RunFolder, default_run_dir
 from .report.summary import AnalysisSummary, FitSummary
 from .report.write import write_run
-from .settings import DEFAULT_BACKBONE, Settings
+from .settings import Settings
 from .train.estimates import budget, describe, measure_candidates
 from .train.run import Trained, fine_tune, fit_frozen, kept_spec
 from .train.warm import fit_warm_start, rewarm_at
@@ -140,18 +140,6 @@ def _session(settings: Settings, rank: int = 0) -> Session:
     return Session(settings, console, get_plugins(), root, Memo(root, console), rank)
 
 
-def _backbones(s: Session) -> list:
-    """The backbones a fit may use: the one named, or (auto) every one whose weights are on
-    this machine, cheapest first; with a source bank, the bank's own backbone."""
-    st = s.settings
-    if st.backbone != AUTO:
-        return [s.plugins.backbone(st.backbone)]
-    if st.source_bank:
-        return [s.plugins.backbone(bank_backbone(st.source_bank))]
-    found = offline_candidates(s.plugins.backbones)
-    return found or [s.plugins.backbone(DEFAULT_BACKBONE)]  # its error says what is missing
-
-
 def _open(spec, s: Session) -> Candidate:
     """A backbone built and its feature cache opened."""
     st = s.settings
@@ -169,7 +157,7 @@ def _prepare(source, s: Session, exclude: tuple[Path, ...] = ()) -> Prepared:
         data = read_data(
             source, st.val_fraction, st.seed, s.console, st.strict, s.memo, exclude
         )  # fmt: skip
-    c = _open(_backbones(s)[0], s)
+    c = _open(backbones_for(s.settings.backbone, s.plugins, s.settings.source_bank)[0], s)
     return Prepared(data, c.spec, c.net, c.features)
 
 
@@ -198,7 +186,7 @@ def analyze(source, settings: Settings) -> AnalysisResult:
     s = _session(settings.checked())
     p = _prepare(source, s)
     analysis, plan = _analyse(p, s)
-    if len(_backbones(s)) > 1:
+    if len(backbones_for(s.settings.backbone, s.plugins, s.settings.source_bank)) > 1:
         plan = plan.adding(
             f"backbone auto: analysed with the cheapest, {p.spec.name}; a fit measures every "
             "backbone whose weights are here (`automl-tl backbones`) within its budget"
@@ -243,7 +231,7 @@ def _fit(source, s: Session, run: RunFolder, exclude, started: float) -> FitResu
     searched = strategy.kind == "images" or searches_views(plan, st.strategy, st.case)
     if searched:
         include_default = strategy.kind == "images" or st.case != 2
-        specs = _backbones(s)
+        specs = backbones_for(st.backbone, s.plugins, st.source_bank)
         if len(specs) > 1:  # --backbone auto: the frozen choice on each, then across them
             with _step("the backbone search"):
                 p, choice, tried, why = _search(specs, p, s, include_default, started)

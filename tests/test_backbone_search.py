@@ -123,6 +123,7 @@ def test_a_candidate_whose_estimate_does_not_fit_the_budget_left_is_skipped(digi
 def test_a_default_fit_measures_every_lite_backbone_and_a_warm_refit_measures_nothing(
     digits_dir, tmp_path, monkeypatch
 ):
+    import automl_tl.decide.backbones as backbones
     import automl_tl.decide.candidates as candidates
     from automl_tl import AutoTransfer
     from automl_tl.train import logreg
@@ -135,6 +136,7 @@ def test_a_default_fit_measures_every_lite_backbone_and_a_warm_refit_measures_no
         return real(*args, **kwargs)
 
     monkeypatch.setattr(candidates, "fit_logreg", counted)
+    monkeypatch.setattr(backbones, "fit_logreg", counted)  # the side-by-side head
     cache = tmp_path / "cache"
     model = AutoTransfer(out=tmp_path / "run", epochs=40, cache_dir=cache, quiet=True)
     model.fit(digits_dir)
@@ -143,7 +145,7 @@ def test_a_default_fit_measures_every_lite_backbone_and_a_warm_refit_measures_no
     warm.fit(digits_dir)
     # cold: each backbone's 23 views and their joined leaders measured; warm: no head
     # measured, nothing embedded, the same outcome
-    assert cold_heads == 3 * 24
+    assert cold_heads == 3 * 24 + 1
     assert heads["n"] == cold_heads
     assert warm.cache_stats_["computed"] == 0
 
@@ -152,7 +154,7 @@ def test_a_default_fit_measures_every_lite_backbone_and_a_warm_refit_measures_no
 
     assert outcome(warm.plan_) == outcome(model.plan_)
     plan = json.loads((tmp_path / "run" / "plan.json").read_text())
-    tried = plan["backbones"]
+    tried, pair = plan["backbones"][:3], plan["backbones"][3:]
     assert [t["backbone"] for t in tried] == list(LITE)
     assert [t["status"] for t in tried].count("chosen") == 1
     chosen = next(t for t in tried if t["status"] == "chosen")
@@ -167,6 +169,13 @@ def test_a_default_fit_measures_every_lite_backbone_and_a_warm_refit_measures_no
     html = (tmp_path / "run" / "report.html").read_text()
     assert "Backbones tried (cheapest first)" in html
     assert f"{chosen['backbone']} ◀ chosen" in html
+    # the chosen backbone's view beside the best other one's: measured, never chosen
+    best_other = max(
+        (t for t in tried if t["status"] != "chosen"), key=lambda t: (t["val_acc"], -t["val_loss"])
+    )
+    assert [p["backbone"] for p in pair] == [f"{chosen['backbone']} + {best_other['backbone']}"]
+    assert pair[0]["status"] == "measured only" and pair[0]["val_acc"] is not None
+    assert pair[0]["view"] == f"{chosen['view']} + {best_other['view']}"
 
 
 def test_weights_without_a_named_backbone_is_one_clear_error(tmp_path):

@@ -17,13 +17,21 @@ backbone was lucky on this split.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
 
+import numpy as np
+import torch
+
 from ..core.distributed import broadcast_object
 from ..core.machine import give_back_memory
 from ..core.stats import standard_error
+from ..settings import DEFAULT_BACKBONE
+from ..train.logreg import as_float_rows, fit_logreg
+from .banks import bank_backbone
 
 __all__ = [
     "AUTO",
@@ -31,6 +39,7 @@ __all__ = [
     "SEARCH_SHARE",
     "Tried",
     "offline_candidates",
+    "backbones_for",
     "cost_order",
     "estimate_seconds",
     "choose_backbone",
@@ -59,6 +68,17 @@ def offline_candidates(backbones: dict) -> list:
         if path is not None:
             found.append(spec)
     return sorted(found, key=cost_order)
+
+
+def backbones_for(name: str, plugins, source_bank=None) -> list:
+    """The backbones a fit may use: the one named, or (auto) every one whose weights are on
+    this machine, cheapest first; with a source bank, the bank's own backbone."""
+    if name != AUTO:
+        return [plugins.backbone(name)]
+    if source_bank:
+        return [plugins.backbone(bank_backbone(source_bank))]
+    found = offline_candidates(plugins.backbones)
+    return found or [plugins.backbone(DEFAULT_BACKBONE)]  # its error says what is missing
 
 
 @dataclass
@@ -222,10 +242,66 @@ def search(
         opened.append(cand)
     pick, reason = choose_backbone(tried, len(data.val))
     tried[pick].status = "chosen"
+    others = [i for i, t in enumerate(tried) if t.val_acc is not None and i != pick]
+    if others:  # the chosen backbone's view beside the best other one's: measured, reported
+        other = max(others, key=lambda i: (tried[i].val_acc, -(tried[i].val_loss or 0.0)))
+        tried.append(side_by_side(opened[pick], opened[other], data, seed))
     for i, cand in enumerate(opened):
         if cand is not None and i != pick and i != 0:  # the first belongs to the caller
             _let_go(cand)
     return opened[pick], tried, reason
+
+
+_PAIR_NAMESPACE = "two-backbones-v1"
+
+
+def side_by_side(a: Candidate, b: Candidate, data, seed: int) -> Tried:
+    """A head on the chosen views of two backbones side by side, measured on validation like
+    any frozen candidate (remembered by content). Reported beside the backbones, never
+    chosen: a model running two backbones on one input is not exported yet."""
+    views = [a.choice.view.name, b.choice.view.name]
+    y_tr, y_va = data.labels(data.train), data.labels(data.val)
+    key = hashlib.blake2b(
+        json.dumps(
+            [
+                [a.features.space, b.features.space],
+                views,
+                [s.digest for s in data.train],
+                np.asarray(y_tr).tolist(),
+                [s.digest for s in data.val],
+                np.asarray(y_va).tolist(),
+                seed,
+            ]
+        ).encode(),
+        digest_size=16,
+    ).hexdigest()
+    known = a.features.memo.get(_PAIR_NAMESPACE, key)
+    clock = Clock()
+    if isinstance(known, dict) and {"val_acc", "val_loss"} <= set(known):
+        acc, loss = known["val_acc"], known["val_loss"]
+    else:
+        rows = [
+            (c.features.rows(data.train, v), c.features.rows(data.val, v))
+            for c, v in zip((a, b), views, strict=True)
+        ]
+        tr = torch.cat([as_float_rows(x) for x, _ in rows], 1)
+        va = torch.cat([as_float_rows(x) for _, x in rows], 1)
+        del rows
+        result = fit_logreg(tr, y_tr, va, y_va, len(data.classes))
+        acc, loss = round(result.val_acc, 4), round(result.val_loss, 4)
+        a.features.memo.put(_PAIR_NAMESPACE, key, {"val_acc": acc, "val_loss": loss})
+    return Tried(
+        f"{a.spec.name} + {b.spec.name}",
+        a.spec.preprocessing.crop_size,
+        None,
+        "measured only",
+        acc,
+        loss,
+        " + ".join(views),
+        choice_seconds=clock(),
+        reason="a head on both backbones' chosen views side by side; reported, not chosen: "
+        "a model running two backbones is not exported yet",
+    )
 
 
 def _let_go(cand: Candidate) -> None:

@@ -160,7 +160,7 @@ def _backbones(plan: dict) -> str:
     rows = []
     for t in tried:
         status = t.get("status", "")
-        said = status if status != "skipped" else f"skipped: {t.get('reason', '')}"
+        said = f"{status}: {t['reason']}" if t.get("reason") else status
         rows.append(
             [
                 esc(t.get("backbone")) + (" ◀ chosen" if status == "chosen" else ""),

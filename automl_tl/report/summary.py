@@ -102,7 +102,9 @@ class FitSummary:
                 "backbones: "
                 + ", ".join(
                     f"{t['backbone']} {t['val_acc']:.4f}"
-                    + (" (chosen)" if t["status"] == "chosen" else "")
+                    + {"chosen": " (chosen)", "measured only": " (side by side, not exported)"}.get(
+                        t["status"], ""
+                    )
                     if t["val_acc"] is not None
                     else f"{t['backbone']} skipped (time budget)"
                     for t in self.backbones
