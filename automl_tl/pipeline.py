@@ -31,7 +31,7 @@ from .core.tasks import HeadConfig
 from .data.dataset import Dataset, read_data
 from .data.input_size import choose_input
 from .decide.analysis import Analysis, analyse
-from .decide.backbones import Candidate, backbones_for, search
+from .decide.backbones import Candidate, backbones_for, search, without_search
 from .decide.banks import load_bank
 from .decide.frozen import choose_frozen, searches_views, with_frozen_choice, with_warm_start
 from .decide.label_issues import issues_of, label_issues_record, without_issues
@@ -186,11 +186,8 @@ def analyze(source, settings: Settings) -> AnalysisResult:
     s = _session(settings.checked())
     p = _prepare(source, s)
     analysis, plan = _analyse(p, s)
-    if len(backbones_for(s.settings.backbone, s.plugins, s.settings.source_bank)) > 1:
-        plan = plan.adding(
-            f"backbone auto: analysed with the cheapest, {p.spec.name}; a fit measures every "
-            "backbone whose weights are here (`automl-tl backbones`) within its budget"
-        )
+    specs = backbones_for(s.settings.backbone, s.plugins, s.settings.source_bank)
+    plan = without_search(plan, p.spec, specs, "an analysis compares no frozen choices")
     return AnalysisResult(p.data, p.spec, analysis, plan)
 
 
@@ -229,9 +226,11 @@ def _fit(source, s: Session, run: RunFolder, exclude, started: float) -> FitResu
     strategy = s.plugins.strategy(plan.strategy)
     fitted, warm, choice, issues = None, None, None, None
     searched = strategy.kind == "images" or searches_views(plan, st.strategy, st.case)
+    specs = backbones_for(st.backbone, s.plugins, st.source_bank)
+    if not searched:  # --case 1 or --strategy: no frozen choice to compare backbones by
+        plan = without_search(plan, spec, specs, "--case 1 and --strategy skip the frozen choice")
     if searched:
         include_default = strategy.kind == "images" or st.case != 2
-        specs = backbones_for(st.backbone, s.plugins, st.source_bank)
         if len(specs) > 1:  # --backbone auto: the frozen choice on each, then across them
             with _step("the backbone search"):
                 p, choice, tried, why = _search(specs, p, s, include_default, started)

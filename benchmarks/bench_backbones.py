@@ -130,7 +130,8 @@ def main() -> None:
             )
         for t in auto["tried"]:
             print(
-                f"    {t['backbone']}: {t['status']}, validation {t['val_acc']}, view "
+                f"    {t['backbone']}: {t['status']}, cross-fitted {t.get('cv_acc')}, "
+                f"validation {t['val_acc']}, view "
                 f"{t['view']}, embedding {t['embed_seconds']} s at {t['images_per_second']} img/s, "
                 f"choice {t['choice_seconds']} s, estimate {t['estimate_seconds']} {t['reason']}"
             )

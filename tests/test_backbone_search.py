@@ -8,6 +8,7 @@ import json
 import time
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from automl_tl.decide.backbones import (
@@ -64,22 +65,46 @@ def _tried(name, acc, loss=0.5):
     return Tried(name, 224, 1, "measured", acc, loss, "head")
 
 
-def test_a_bigger_backbone_must_beat_the_cheaper_by_more_than_one_standard_error():
-    # n = 400: se of 0.90 is 0.015
-    pick, why = choose_backbone([_tried("a", 0.89), _tried("b", 0.90)], 400)
-    assert pick == 0
-    assert "within one standard error (0.015) of the best (b 0.9000)" in why
-    pick, why = choose_backbone([_tried("a", 0.87), _tried("b", 0.90)], 400)
+def _predictions(y, wrong):
+    """Predictions of labels `y` that are wrong exactly on the images `wrong`."""
+    pred = y.copy()
+    pred[list(wrong)] = (y[list(wrong)] + 1) % 3
+    return pred
+
+
+Y = np.arange(400) % 3
+
+
+def test_a_bigger_backbone_must_beat_the_cheaper_by_more_than_one_paired_standard_error():
+    # a wrong on 0-9, b on 0-5: 4 images tell them apart, se sqrt(4 - 16/400) / 400 = 0.005;
+    # the difference 0.01 is above it
+    tried = [_tried("a", 0.9), _tried("b", 0.9)]
+    pick, why = choose_backbone(
+        tried, {0: _predictions(Y, range(10)), 1: _predictions(Y, range(6))}, Y
+    )
     assert pick == 1
-    assert "above every cheaper one by more than one standard error (0.015)" in why
+    assert "above every cheaper one by more than one paired standard error (a +0.0100 vs " in why
+    assert "0.0050)" in why
+    # b right on 1 more image than a: within one paired standard error (the floor, 1/400)
+    pick, why = choose_backbone(
+        tried, {0: _predictions(Y, range(10)), 1: _predictions(Y, range(9))}, Y
+    )
+    assert pick == 0
+    assert "within one paired standard error (0.0025) of the best (b 0.9775)" in why
 
 
 def test_skipped_backbones_are_not_chosen_and_the_cheapest_within_noise_wins():
     skipped = Tried("c", 260, 1, "skipped")
     tried = [_tried("a", 0.80), _tried("b", 0.955), _tried("c2", 0.96), skipped]
-    pick, why = choose_backbone(tried, 1000)  # se of 0.96 on 1000: 0.0062
+    preds = {0: _predictions(Y, range(40)), 1: _predictions(Y, range(10)),
+             2: _predictions(Y, range(9))}  # fmt: skip
+    pick, why = choose_backbone(tried, preds, Y)
     assert pick == 1
-    assert why.endswith("tried: a 0.8000, b 0.9550, c2 0.9600, c skipped")
+    assert why.endswith(
+        "tried: a 0.9000 (validation 0.8000), b 0.9750 (validation 0.9550), c2 0.9775 "
+        "(validation 0.9600), c skipped"
+    )
+    assert why.startswith("backbone search: b (head, cross-fitted accuracy 0.9750 on 400 ")
 
 
 def test_the_estimate_is_embedding_at_the_measured_rate_plus_a_choice():
@@ -125,6 +150,7 @@ def test_a_default_fit_measures_every_lite_backbone_and_a_warm_refit_measures_no
 ):
     import automl_tl.decide.backbones as backbones
     import automl_tl.decide.candidates as candidates
+    import automl_tl.decide.label_issues as label_issues
     from automl_tl import AutoTransfer
     from automl_tl.train import logreg
 
@@ -137,20 +163,25 @@ def test_a_default_fit_measures_every_lite_backbone_and_a_warm_refit_measures_no
 
     monkeypatch.setattr(candidates, "fit_logreg", counted)
     monkeypatch.setattr(backbones, "fit_logreg", counted)  # the side-by-side head
+    monkeypatch.setattr(label_issues, "fit_logreg", counted)  # the cross-fitted heads
     cache = tmp_path / "cache"
     model = AutoTransfer(out=tmp_path / "run", epochs=40, cache_dir=cache, quiet=True)
     model.fit(digits_dir)
     cold_heads = heads["n"]
     warm = AutoTransfer(out=tmp_path / "warm", epochs=40, cache_dir=cache, quiet=True)
     warm.fit(digits_dir)
-    # cold: each backbone's 23 views and their joined leaders measured; warm: no head
-    # measured, nothing embedded, the same outcome
-    assert cold_heads == 3 * 24 + 1
+    # cold: each backbone's 23 views and their joined leaders, its chosen head cross-fitted
+    # in 5 folds, and the side-by-side head; warm: no head measured, nothing embedded, the
+    # same outcome
+    assert cold_heads == 3 * (24 + label_issues.FOLDS) + 1
     assert heads["n"] == cold_heads
     assert warm.cache_stats_["computed"] == 0
 
     def outcome(plan):
-        return [(t["backbone"], t["status"], t["val_acc"], t["view"]) for t in plan.backbones]
+        return [
+            (t["backbone"], t["status"], t["val_acc"], t["cv_acc"], t["view"])
+            for t in plan.backbones
+        ]
 
     assert outcome(warm.plan_) == outcome(model.plan_)
     plan = json.loads((tmp_path / "run" / "plan.json").read_text())
@@ -185,3 +216,18 @@ def test_weights_without_a_named_backbone_is_one_clear_error(tmp_path):
     with pytest.raises(AutoTLError, match=r"^--weights belongs to one backbone; name it with "):
         Settings(weights=str(tmp_path / "w.pth")).checked()
     Settings(weights=str(tmp_path / "w.pth"), backbone="resnet18").checked()  # named: allowed
+
+
+@needs_lite
+def test_case_1_skips_the_search_and_says_which_backbone_it_used(digits_dir, tmp_path):
+    from automl_tl import AutoTransfer
+
+    model = AutoTransfer(case=1, out=tmp_path / "run", epochs=20, quiet=True).fit(digits_dir)
+    assert model.plan_.backbone == "efficientnet_lite0"
+    assert model.plan_.backbones == []  # nothing searched
+    said = [r for r in model.plan_.reasons if r.startswith("backbone auto: ")]
+    assert said == [
+        "backbone auto: --case 1 and --strategy skip the frozen choice, which the search "
+        "compares backbones by: the cheapest with weights here, efficientnet_lite0, is used "
+        "(a fit searches; --backbone NAME picks one)"
+    ]

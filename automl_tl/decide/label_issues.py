@@ -36,6 +36,7 @@ __all__ = [
     "confident_joint",
     "find_label_issues",
     "out_of_fold_probabilities",
+    "cross_fitted",
     "issues_of",
     "label_issues_record",
     "without_issues",
@@ -160,16 +161,16 @@ def out_of_fold_probabilities(
     return out
 
 
-_MEMO = "label-issues-v1"
+_MEMO = "cross-fitted-v1"  # v1 was label-issues-v1: the issues without the predictions
 FOLDS = 5
 
 
-def issues_of(features, data, choice, seed: int, console=None) -> tuple[list[dict], int]:
-    """The label issues of the training and validation images: out-of-fold probabilities of
-    the frozen choice's linear head (its view's cached rows, its C), then confident learning.
-    Rows (path, given, suggested, score), most likely wrong first, and how many images were
-    checked. Remembered by content (view, C, images, labels, seed): a warm re-fit measures
-    nothing."""
+def cross_fitted(features, data, choice, seed: int, console=None) -> dict:
+    """The frozen choice's linear head cross-fitted on the training and validation images
+    (its view's cached rows, its C, `FOLDS` folds): {"predicted": each image's class by the
+    head that did not see it, "issues": the label issues found from those probabilities}.
+    Remembered by content (feature space, view, C, images, labels, seed): a warm re-fit
+    measures nothing. The backbone search compares backbones by these predictions."""
     import hashlib
     import json
 
@@ -185,17 +186,18 @@ def issues_of(features, data, choice, seed: int, console=None) -> tuple[list[dic
         digest_size=16,
     ).hexdigest()  # fmt: skip
     known = features.memo.get(_MEMO, key)
-    if isinstance(known, list):
-        return known, len(samples)
+    if isinstance(known, dict) and len(known.get("predicted", ())) == len(samples):
+        return known
     if console is not None:
         console.note(
-            f"label issues: {FOLDS}-fold out-of-fold probabilities of the frozen head on "
-            f"{len(samples)} training and validation images, then confident learning"
+            f"cross-fitting: {FOLDS}-fold out-of-fold probabilities of the frozen head on "
+            f"{len(samples)} training and validation images ({features.spec.name}), for "
+            "the label issues"
         )
     rows = features.rows(samples, choice.view.name).dequantize().numpy()
     probs = out_of_fold_probabilities(rows, labels, len(data.classes), C, FOLDS, seed)
     found = find_label_issues(probs, labels)
-    out = [
+    issues = [
         {
             "path": str(samples[i].path),
             "given": data.classes[int(labels[i])],
@@ -204,8 +206,15 @@ def issues_of(features, data, choice, seed: int, console=None) -> tuple[list[dic
         }
         for i, j, score in zip(found.index, found.suggested, found.score, strict=True)
     ]
+    out = {"predicted": probs.argmax(1).tolist(), "issues": issues}
     features.memo.put(_MEMO, key, out)
-    return out, len(samples)
+    return out
+
+
+def issues_of(features, data, choice, seed: int, console=None) -> tuple[list[dict], int]:
+    """The label issues of the training and validation images (`cross_fitted`): rows (path,
+    given, suggested, score), most likely wrong first, and how many images were checked."""
+    return cross_fitted(features, data, choice, seed, console)["issues"], len(data.train + data.val)
 
 
 def label_issues_record(rows: list[dict], checked: int) -> dict:

@@ -165,7 +165,8 @@ def _backbones(plan: dict) -> str:
             [
                 esc(t.get("backbone")) + (" ◀ chosen" if status == "chosen" else ""),
                 esc(t.get("input")),
-                bar(t.get("val_acc")) + num(t.get("val_acc"), ".4f"),
+                bar(t.get("cv_acc")) + num(t.get("cv_acc"), ".4f"),
+                num(t.get("val_acc"), ".4f"),
                 esc(t.get("view") or "–"),
                 seconds_text(t.get("embed_seconds")),
                 num(t.get("images_per_second"), ".1f"),
@@ -176,9 +177,9 @@ def _backbones(plan: dict) -> str:
                 esc(said),
             ]
         )
-    head = ["backbone", "input", "validation accuracy (frozen choice)", "view",
-            "embedding (this run)", "images/s (decode + graph)", "choice", "estimate before",
-            "outcome"]  # fmt: skip
+    head = ["backbone", "input", "cross-fitted accuracy (training + validation)",
+            "validation accuracy", "view", "embedding (this run)", "images/s (decode + graph)",
+            "frozen choice + cross-fit", "estimate before", "outcome"]  # fmt: skip
     mark = next((i for i, t in enumerate(tried) if t.get("status") == "chosen"), -1)
     why = next((r for r in plan.get("reasons") or [] if r.startswith("backbone search: ")), "")
     title = "<h3>Backbones tried (cheapest first)</h3>"

@@ -101,7 +101,9 @@ class FitSummary:
             lines.append(
                 "backbones: "
                 + ", ".join(
-                    f"{t['backbone']} {t['val_acc']:.4f}"
+                    f"{t['backbone']} "
+                    + (f"{t['cv_acc']:.4f} / " if t.get("cv_acc") is not None else "")
+                    + f"{t['val_acc']:.4f}"
                     + {"chosen": " (chosen)", "measured only": " (side by side, not exported)"}.get(
                         t["status"], ""
                     )
@@ -109,7 +111,8 @@ class FitSummary:
                     else f"{t['backbone']} skipped (time budget)"
                     for t in self.backbones
                 )
-                + " validation accuracy of the frozen choice"
+                + " (the frozen choice's accuracy cross-fitted on training + validation / on "
+                "validation)"
             )
         lines += [f"leakage: {m}" for m in self.split.get("leakage_messages") or []]
         lines += [f"shift: {line}" for line in self.shift]
