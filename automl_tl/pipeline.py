@@ -222,6 +222,7 @@ def _fit(source, s: Session, run: RunFolder, exclude, started: float) -> FitResu
     data, spec, features = p.data, p.spec, p.features
     with _step("embed"):
         features.ensure(data.everything)  # collective: every rank embeds its share
+    features.release()  # the embedding session, until rows are missing again
     analysis, plan = _analyse(p, s)
     strategy = s.plugins.strategy(plan.strategy)
     fitted, warm, choice, issues = None, None, None, None
@@ -237,6 +238,7 @@ def _fit(source, s: Session, run: RunFolder, exclude, started: float) -> FitResu
             if p.spec is not spec:  # the winner's own profile and plan
                 data, spec, features = p.data, p.spec, p.features
                 features.ensure(data.everything)
+                features.release()  # the embedding session, until rows are missing again
                 analysis, plan = _analyse(p, s)
                 strategy = s.plugins.strategy(plan.strategy)
             plan = plan.adding(why, backbones=tried)
