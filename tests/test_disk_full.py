@@ -107,9 +107,11 @@ def _half_written(*folders: Path) -> list[Path]:
 
 
 def _fit(data, cache, out, **kw):
-    return AutoTransfer(cache_dir=cache, out=out, engine="torch", epochs=5, quiet=False, **kw).fit(
-        data
-    )
+    # one backbone: the small file systems are sized for one backbone's rows
+    return AutoTransfer(
+        backbone="efficientnet_lite0", cache_dir=cache, out=out, engine="torch", epochs=5,
+        quiet=False, **kw,
+    ).fit(data)  # fmt: skip
 
 
 # ------------------------------------------------------------------ the feature cache

@@ -80,12 +80,14 @@ def offline_candidates(backbones: dict) -> list:
 
 def backbones_for(name: str, plugins, source_bank=None) -> list:
     """The backbones a fit may use: the one named, or (auto) every one whose weights are on
-    this machine, cheapest first; with a source bank, the bank's own backbone."""
+    this machine, cheapest first; with a source bank, the bank's own backbone when its
+    weights are here (else the cheapest, which the bank then does not fit: one clear error)."""
     if name != AUTO:
         return [plugins.backbone(name)]
-    if source_bank:
-        return [plugins.backbone(bank_backbone(source_bank))]
     found = offline_candidates(plugins.backbones)
+    if source_bank:  # the bank's backbone; when it is not here, loading the bank says so
+        own = bank_backbone(source_bank)
+        return [next((s for s in found if s.name == own), None) or found[0]]
     return found or [plugins.backbone(DEFAULT_BACKBONE)]  # its error says what is missing
 
 

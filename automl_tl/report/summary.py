@@ -97,6 +97,8 @@ class FitSummary:
                 f"{self.test_balanced_accuracy:.4f} on {self.test_images} images (held out, "
                 "evaluated once after the model was chosen)"
             )
+        lines += [f"leakage: {m}" for m in self.split.get("leakage_messages") or []]
+        lines += [f"shift: {line}" for line in self.shift]
         if self.backbones:  # --backbone auto: what the search measured
             lines.append(
                 "backbones: "
@@ -114,8 +116,6 @@ class FitSummary:
                 + " (the frozen choice's accuracy cross-fitted on training + validation / on "
                 "validation)"
             )
-        lines += [f"leakage: {m}" for m in self.split.get("leakage_messages") or []]
-        lines += [f"shift: {line}" for line in self.shift]
         li = self.label_issues
         if li:
             lines.append(
