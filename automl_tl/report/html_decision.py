@@ -161,30 +161,37 @@ def _backbones(plan: dict) -> str:
     for t in tried:
         status = t.get("status", "")
         said = f"{status}: {t['reason']}" if t.get("reason") else status
+        estimate = t.get("estimate_seconds")
         rows.append(
             [
-                esc(t.get("backbone")) + (" ◀ chosen" if status == "chosen" else ""),
-                esc(t.get("input")),
+                esc(t.get("backbone"))
+                + (" ◀ chosen" if status == "chosen" else "")
+                + f"<br><span class=muted>{esc(t.get('input'))} px</span>",
                 bar(t.get("cv_acc")) + num(t.get("cv_acc"), ".4f"),
                 num(t.get("val_acc"), ".4f"),
-                esc(t.get("view") or "–"),
-                seconds_text(t.get("embed_seconds")),
+                esc(t.get("view") or "–").replace("+", "+<wbr>"),  # joined views wrap
+                f"{seconds_text(t.get('embed_seconds'))} + {seconds_text(t.get('choice_seconds'))}"
+                + "<br><span class=muted>"
+                + (
+                    f"estimated {seconds_text(estimate)}"
+                    if estimate is not None
+                    else ""
+                    if status == "measured only"
+                    else "the first: always runs"
+                )
+                + "</span>",
                 num(t.get("images_per_second"), ".1f"),
-                seconds_text(t.get("choice_seconds")),
-                seconds_text(t.get("estimate_seconds"))
-                if t.get("estimate_seconds") is not None
-                else "first: always runs",
                 esc(said),
             ]
         )
-    head = ["backbone", "input", "cross-fitted accuracy (training + validation)",
-            "validation accuracy", "view", "embedding (this run)", "images/s (decode + graph)",
-            "frozen choice + cross-fit", "estimate before", "outcome"]  # fmt: skip
+    head = ["backbone", "cross-fitted accuracy (training + validation)", "validation accuracy",
+            "view", "embedding + choice (this run)", "images/s (decode + graph)",
+            "outcome"]  # fmt: skip
     mark = next((i for i, t in enumerate(tried) if t.get("status") == "chosen"), -1)
     why = next((r for r in plan.get("reasons") or [] if r.startswith("backbone search: ")), "")
     title = "<h3>Backbones tried (cheapest first)</h3>"
     return (
         title
-        + table(head, rows, numeric=(1, 2, 4, 5, 6, 7), mark=mark)
+        + table(head, rows, numeric=(1, 2, 4, 5), mark=mark)
         + (f"<p>{esc(why)}</p>" if why else "")
     )
