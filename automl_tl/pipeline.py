@@ -78,6 +78,7 @@ class Prepared:
     spec: object  # the BackboneSpec
     net: object  # its built network
     features: FeatureCache
+    backbones: list  # every backbone the fit may use, cheapest first (spec is the first)
 
 
 @dataclass(frozen=True)
@@ -157,8 +158,9 @@ def _prepare(source, s: Session, exclude: tuple[Path, ...] = ()) -> Prepared:
         data = read_data(
             source, st.val_fraction, st.seed, s.console, st.strict, s.memo, exclude
         )  # fmt: skip
-    c = _open(backbones_for(s.settings.backbone, s.plugins, s.settings.source_bank)[0], s)
-    return Prepared(data, c.spec, c.net, c.features)
+    specs = backbones_for(st.backbone, s.plugins, st.source_bank)
+    c = _open(specs[0], s)
+    return Prepared(data, c.spec, c.net, c.features, specs)
 
 
 def _analyse(p: Prepared, s: Session) -> tuple[Analysis, Plan]:
@@ -186,8 +188,7 @@ def analyze(source, settings: Settings) -> AnalysisResult:
     s = _session(settings.checked())
     p = _prepare(source, s)
     analysis, plan = _analyse(p, s)
-    specs = backbones_for(s.settings.backbone, s.plugins, s.settings.source_bank)
-    plan = without_search(plan, p.spec, specs, "an analysis compares no frozen choices")
+    plan = without_search(plan, p.spec, p.backbones, "an analysis compares no frozen choices")
     return AnalysisResult(p.data, p.spec, analysis, plan)
 
 
@@ -227,14 +228,14 @@ def _fit(source, s: Session, run: RunFolder, exclude, started: float) -> FitResu
     strategy = s.plugins.strategy(plan.strategy)
     fitted, warm, choice, issues = None, None, None, None
     searched = strategy.kind == "images" or searches_views(plan, st.strategy, st.case)
-    specs = backbones_for(st.backbone, s.plugins, st.source_bank)
     if not searched:  # --case 1 or --strategy: no frozen choice to compare backbones by
-        plan = without_search(plan, spec, specs, "--case 1 and --strategy skip the frozen choice")
-    if searched:
+        why = "--case 1 and --strategy skip the frozen choice"
+        plan = without_search(plan, spec, p.backbones, why)
+    else:
         include_default = strategy.kind == "images" or st.case != 2
-        if len(specs) > 1:  # --backbone auto: the frozen choice on each, then across them
+        if len(p.backbones) > 1:  # --backbone auto: the frozen choice on each, then across
             with _step("the backbone search"):
-                p, choice, tried, why = _search(specs, p, s, include_default, started)
+                p, choice, tried, why = _search(p, s, include_default, started)
             if p.spec is not spec:  # the winner's own profile and plan
                 data, spec, features = p.data, p.spec, p.features
                 features.ensure(data.everything)
@@ -313,18 +314,14 @@ def _fit(source, s: Session, run: RunFolder, exclude, started: float) -> FitResu
     return replace(result, report_path=report, metrics=metrics, export_check=check)
 
 
-def _search(specs, p: Prepared, s: Session, include_default: bool, started):
+def _search(p: Prepared, s: Session, include_default: bool, started):
     """The backbone search (decide.backbones): the winner's Prepared and frozen choice, every
     backbone tried (as plan records) and the reason."""
-    first = Candidate(p.spec, p.net, p.features)
     left = budget(s.settings.time_budget, started)
     won, tried, reason = search(
-        specs, first, lambda spec: _open(spec, s), p.data, s.settings.seed, s.console,
-        left.deadline, include_default,
+        p.backbones, Candidate(p.spec, p.net, p.features), lambda spec: _open(spec, s),
+        p.data, s.settings.seed, s.console, left.deadline, include_default,
     )  # fmt: skip
-    if won is not first:
-        p.features.close()
-        p.features.release()
     p = replace(p, spec=won.spec, net=won.net, features=won.features)
     return p, won.choice, [t.to_dict() for t in tried], reason
 

@@ -23,8 +23,6 @@ image by image, can; on that set's untouched test split Lite2 was 1.7 points bet
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -35,6 +33,7 @@ import torch
 from ..core.distributed import broadcast_object
 from ..core.machine import give_back_memory
 from ..core.stats import paired_se
+from ..features.memo import content_key
 from ..settings import DEFAULT_BACKBONE
 from ..train.logreg import as_float_rows, fit_logreg
 from .banks import bank_backbone
@@ -214,7 +213,7 @@ def search(
     """Run the frozen choice on each backbone of `specs` (cheapest first; `first` is the
     opened and embedded first of them) that its estimate lets run before `deadline`
     (time.monotonic()). `open_backbone(spec)` returns its Candidate. Returns (the chosen
-    Candidate, every Tried, the reason)."""
+    Candidate, every Tried, the reason); every other Candidate, `first` too, is let go."""
     from .frozen import choose_frozen
 
     samples = [*data.train, *data.val]  # what the choice reads; test rows only for the winner
@@ -282,10 +281,11 @@ def search(
     if others:  # the chosen backbone's view beside the best other one's: measured, reported
         other = max(others, key=lambda i: (tried[i].cv_acc or 0.0, tried[i].val_acc))
         tried.append(side_by_side(opened[pick], opened[other], data, seed))
-    for i, cand in enumerate(opened):
-        if cand is not None and i != pick and i != 0:  # the first belongs to the caller
+    won = opened[pick]
+    for cand in opened:
+        if cand is not None and cand is not won:
             _let_go(cand)
-    return opened[pick], tried, reason
+    return won, tried, reason
 
 
 _PAIR_NAMESPACE = "two-backbones-v1"
@@ -297,20 +297,17 @@ def side_by_side(a: Candidate, b: Candidate, data, seed: int) -> Tried:
     chosen: a model running two backbones on one input is not exported yet."""
     views = [a.choice.view.name, b.choice.view.name]
     y_tr, y_va = data.labels(data.train), data.labels(data.val)
-    key = hashlib.blake2b(
-        json.dumps(
-            [
-                [a.features.space, b.features.space],
-                views,
-                [s.digest for s in data.train],
-                np.asarray(y_tr).tolist(),
-                [s.digest for s in data.val],
-                np.asarray(y_va).tolist(),
-                seed,
-            ]
-        ).encode(),
-        digest_size=16,
-    ).hexdigest()
+    key = content_key(
+        [
+            [a.features.space, b.features.space],
+            views,
+            [s.digest for s in data.train],
+            np.asarray(y_tr).tolist(),
+            [s.digest for s in data.val],
+            np.asarray(y_va).tolist(),
+            seed,
+        ]
+    )
     known = a.features.memo.get(_PAIR_NAMESPACE, key)
     clock = Clock()
     if isinstance(known, dict) and {"val_acc", "val_loss"} <= set(known):

@@ -32,6 +32,7 @@ import torch
 
 from ..core.console import Console
 from ..core.stats import standard_error
+from ..features.memo import content_key
 from ..features.views import JOIN_MAX, JOIN_WIDTH, JOINER, View, joined_view, view_named
 from ..train.logreg import LogRegResult, as_float_rows, fit_logreg
 
@@ -243,24 +244,18 @@ def choose_view(
     holds (without the case-1 view `default` when `include_default` is False: the user asked
     for case 2), remembered by content (feature space, images, labels, seed), so a warm re-run
     measures nothing. Returns a Choice."""
-    import hashlib
-    import json
-
     views = {v.name: v for v in features.views if include_default or v.name != default}
-    key = hashlib.blake2b(
-        json.dumps(
-            [
-                features.space,
-                sorted(views),
-                [s.digest for s in train],
-                np.asarray(y_train).tolist(),
-                [s.digest for s in val],
-                np.asarray(y_val).tolist(),
-                seed,
-            ]
-        ).encode(),
-        digest_size=16,
-    ).hexdigest()
+    key = content_key(
+        [
+            features.space,
+            sorted(views),
+            [s.digest for s in train],
+            np.asarray(y_train).tolist(),
+            [s.digest for s in val],
+            np.asarray(y_val).tolist(),
+            seed,
+        ]
+    )
     known = features.memo.get(_MEMO_NAMESPACE, key)
     view = view_named(str(known.get("view")), views) if isinstance(known, dict) else None
     if view is not None:

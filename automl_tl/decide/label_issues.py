@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..features.memo import content_key
 from ..train.logreg import as_float_rows, fit_logreg
 
 __all__ = [
@@ -171,20 +172,14 @@ def cross_fitted(features, data, choice, seed: int, console=None) -> dict:
     head that did not see it, "issues": the label issues found from those probabilities}.
     Remembered by content (feature space, view, C, images, labels, seed): a warm re-fit
     measures nothing. The backbone search compares backbones by these predictions."""
-    import hashlib
-    import json
-
     samples = data.train + data.val
     labels = data.labels(samples)
     entry = next((c for c in choice.candidates if c.get("view") == choice.view.name), {})
     C = float(choice.fit.C if choice.fit is not None else entry.get("C", 1.0))
-    key = hashlib.blake2b(
-        json.dumps(
-            [features.space, choice.view.name, C, [s.digest for s in samples],
-             labels.tolist(), seed, FOLDS]
-        ).encode(),
-        digest_size=16,
-    ).hexdigest()  # fmt: skip
+    key = content_key(
+        [features.space, choice.view.name, C, [s.digest for s in samples], labels.tolist(),
+         seed, FOLDS]
+    )  # fmt: skip
     known = features.memo.get(_MEMO, key)
     if isinstance(known, dict) and len(known.get("predicted", ())) == len(samples):
         return known

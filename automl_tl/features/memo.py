@@ -9,6 +9,7 @@ everything in it is recomputed when next needed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -25,7 +26,14 @@ from ..core.errors import (
 )
 from .store_format import while_locked
 
-__all__ = ["Memo"]
+__all__ = ["Memo", "content_key"]
+
+
+def content_key(parts: list) -> str:
+    """A memo key for what a measurement depends on: `parts` (plain JSON values: feature
+    spaces, view names, image digests, labels, seeds) hashed."""
+    return hashlib.blake2b(json.dumps(parts).encode(), digest_size=16).hexdigest()
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS memo (
