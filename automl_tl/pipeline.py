@@ -35,6 +35,7 @@ from .decide.backbones import Candidate, backbones_for, search, without_search
 from .decide.banks import load_bank
 from .decide.frozen import choose_frozen, searches_views, with_frozen_choice, with_warm_start
 from .decide.label_issues import issues_of, label_issues_record, without_issues
+from .decide.pair import choose_again, without_pair
 from .decide.planner import Plan, make_plan, thresholds
 from .export.int8_step import int8_step
 from .export.publish import export_model, metadata
@@ -42,6 +43,7 @@ from .export.trust import assess
 from .features import ops
 from .features.cache import FeatureCache
 from .features.memo import Memo
+from .features.paired import PairedFeatures
 from .plugins import get_plugins
 from .report.metrics import fit_metrics
 from .report.run_folder import RunFolder, default_run_dir
@@ -234,15 +236,21 @@ def _fit(source, s: Session, run: RunFolder, exclude, started: float) -> FitResu
     else:
         include_default = strategy.kind == "images" or st.case != 2
         if len(p.backbones) > 1:  # --backbone auto: the frozen choice on each, then across
+            frozen = strategy.kind != "images"  # a second backbone beside is a frozen model
             with _step("the backbone search"):
-                p, choice, tried, why = _search(p, s, include_default, started)
+                p, choice, why, changes = _search(p, s, include_default, frozen, started)
             if p.spec is not spec:  # the winner's own profile and plan
-                data, spec, features = p.data, p.spec, p.features
-                features.ensure(data.everything)
-                features.release()  # the embedding session, until rows are missing again
+                p.features.ensure(data.everything)
+                p.features.release()  # the embedding session, until rows are missing again
                 analysis, plan = _analyse(p, s)
                 strategy = s.plugins.strategy(plan.strategy)
-            plan = plan.adding(why, backbones=tried)
+            spec, features = p.spec, p.features  # a pair's features when it won
+            if strategy.kind == "images" and changes["paired"]:  # fine-tuning takes one
+                features, choice, why, changes = without_pair(
+                    features, data, st.seed, console, include_default, why, changes
+                )  # fmt: skip
+                p = replace(p, features=features)
+            plan = plan.adding(why, **changes)
         else:
             with _step("the frozen choice"):
                 choice = choose_frozen(features, data, st.seed, console, include_default)
@@ -254,7 +262,7 @@ def _fit(source, s: Session, run: RunFolder, exclude, started: float) -> FitResu
             plan = plan.adding(dropped["reason"])
             issues = (*issues, dropped)
             with _step("the frozen choice"):
-                choice = choose_frozen(features, data, st.seed, console, include_default)
+                choice = choose_again(features, data, st.seed, console, include_default)
     if strategy.kind == "images":
         with _step("the frozen choice"):
             warm, C = fit_warm_start(features, choice.view, data, console, choice.fit)
@@ -274,7 +282,7 @@ def _fit(source, s: Session, run: RunFolder, exclude, started: float) -> FitResu
         plan = _after_fine_tuning(plan, trained)
     else:
         with _step("head training"):
-            trained = fit_frozen(strategy, p.net, features, plan, data, head_config(st),
+            trained = fit_frozen(strategy, features, plan, data, head_config(st),
                                  console, fitted)  # fmt: skip
     barrier()  # every rank has trained: rank 0 may now export and remove the checkpoints
     kept = kept_spec(spec, trained)
@@ -283,12 +291,7 @@ def _fit(source, s: Session, run: RunFolder, exclude, started: float) -> FitResu
         trained, data, plan, time.perf_counter() - started, cache_stats, warm
     )  # fmt: skip
     if issues is not None:
-        metrics["label_issues"] = label_issues_record(*issues[:2])
-        if len(issues) > 2:  # dropped: the same validation and test images, before and after
-            after = {"validation": metrics["validation"]["accuracy"]}
-            if "test" in metrics:
-                after["test"] = metrics["test"]["accuracy"]
-            metrics["label_issues"]["dropped"] = {**issues[2], "after": after}
+        metrics["label_issues"] = label_issues_record(issues, metrics)
     result = FitResult(run.path, run.file("model.onnx"), None, data, kept, analysis, plan,
                        trained, metrics, {}, cache_stats)  # fmt: skip
     if s.rank != 0:  # under torchrun, rank 0 alone exports and writes the run folder
@@ -314,16 +317,17 @@ def _fit(source, s: Session, run: RunFolder, exclude, started: float) -> FitResu
     return replace(result, report_path=report, metrics=metrics, export_check=check)
 
 
-def _search(p: Prepared, s: Session, include_default: bool, started):
-    """The backbone search (decide.backbones): the winner's Prepared and frozen choice, every
-    backbone tried (as plan records) and the reason."""
+def _search(p: Prepared, s: Session, include_default: bool, pair: bool, started):
+    """The backbone search (decide.backbones): the winner's Prepared and frozen choice, and
+    the plan's changes (the reason, every backbone tried, a second backbone beside)."""
     left = budget(s.settings.time_budget, started)
     won, tried, reason = search(
         p.backbones, Candidate(p.spec, p.net, p.features), lambda spec: _open(spec, s),
-        p.data, s.settings.seed, s.console, left.deadline, include_default,
+        p.data, s.settings.seed, s.console, left.deadline, include_default, pair,
     )  # fmt: skip
     p = replace(p, spec=won.spec, net=won.net, features=won.features)
-    return p, won.choice, [t.to_dict() for t in tried], reason
+    paired = won.features.record() if isinstance(won.features, PairedFeatures) else {}
+    return p, won.choice, reason, {"backbones": [t.to_dict() for t in tried], "paired": paired}
 
 
 def _fine_tune_plan(plan: Plan, p: Prepared, s: Session, warm, analysis, started: float):

@@ -148,9 +148,9 @@ def test_a_candidate_whose_estimate_does_not_fit_the_budget_left_is_skipped(digi
 def test_a_default_fit_measures_every_lite_backbone_and_a_warm_refit_measures_nothing(
     digits_dir, tmp_path, monkeypatch
 ):
-    import automl_tl.decide.backbones as backbones
     import automl_tl.decide.candidates as candidates
     import automl_tl.decide.label_issues as label_issues
+    import automl_tl.decide.pair as pair
     from automl_tl import AutoTransfer
     from automl_tl.train import logreg
 
@@ -162,7 +162,7 @@ def test_a_default_fit_measures_every_lite_backbone_and_a_warm_refit_measures_no
         return real(*args, **kwargs)
 
     monkeypatch.setattr(candidates, "fit_logreg", counted)
-    monkeypatch.setattr(backbones, "fit_logreg", counted)  # the side-by-side head
+    monkeypatch.setattr(pair, "fit_logreg", counted)  # the pair's screen and head
     monkeypatch.setattr(label_issues, "fit_logreg", counted)  # the cross-fitted heads
     cache = tmp_path / "cache"
     model = AutoTransfer(out=tmp_path / "run", epochs=40, cache_dir=cache, quiet=True)
@@ -170,10 +170,13 @@ def test_a_default_fit_measures_every_lite_backbone_and_a_warm_refit_measures_no
     cold_heads = heads["n"]
     warm = AutoTransfer(out=tmp_path / "warm", epochs=40, cache_dir=cache, quiet=True)
     warm.fit(digits_dir)
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    tried, both = plan["backbones"][:3], plan["backbones"][3:]
+    measured = both[0]["cv_acc"] is not None  # the pair passed its screen and was measured
     # cold: each backbone's 23 views and their joined leaders, its chosen head cross-fitted
-    # in 5 folds, and the side-by-side head; warm: no head measured, nothing embedded, the
-    # same outcome
-    assert cold_heads == 3 * (24 + label_issues.FOLDS) + 1
+    # in 5 folds, the pair's screen, and when measured its head and 5 folds; warm: no head
+    # measured, nothing embedded, the same outcome
+    assert cold_heads == 3 * (24 + label_issues.FOLDS) + 1 + measured * (1 + label_issues.FOLDS)
     assert heads["n"] == cold_heads
     assert warm.cache_stats_["computed"] == 0
 
@@ -184,8 +187,6 @@ def test_a_default_fit_measures_every_lite_backbone_and_a_warm_refit_measures_no
         ]
 
     assert outcome(warm.plan_) == outcome(model.plan_)
-    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
-    tried, pair = plan["backbones"][:3], plan["backbones"][3:]
     assert [t["backbone"] for t in tried] == list(LITE)
     assert [t["status"] for t in tried].count("chosen") == 1
     chosen = next(t for t in tried if t["status"] == "chosen")
@@ -200,13 +201,27 @@ def test_a_default_fit_measures_every_lite_backbone_and_a_warm_refit_measures_no
     html = (tmp_path / "run" / "report.html").read_text()
     assert "Backbones tried (cheapest first)" in html
     assert f"{chosen['backbone']} ◀ chosen" in html
-    # the chosen backbone's view beside the best other one's: measured, never chosen
+    # the chosen backbone's view beside the best other one's: screened, then measured at the
+    # chosen one's input or skipped with the screen's numbers
     best_other = max(
-        (t for t in tried if t["status"] != "chosen"), key=lambda t: (t["val_acc"], -t["val_loss"])
+        (t for t in tried if t["status"] != "chosen"), key=lambda t: (t["cv_acc"], t["val_acc"])
     )
-    assert [p["backbone"] for p in pair] == [f"{chosen['backbone']} + {best_other['backbone']}"]
-    assert pair[0]["status"] == "measured only" and pair[0]["val_acc"] is not None
-    assert pair[0]["view"] == f"{chosen['view']} + {best_other['view']}"
+    assert [p["backbone"] for p in both] == [f"{chosen['backbone']} + {best_other['backbone']}"]
+    assert both[0]["input"] == chosen["input"]
+    if measured:
+        assert (
+            both[0]["view"] == f"{chosen['view']} & {best_other['backbone']}:{best_other['view']}"
+        )
+        assert plan["paired"] == (
+            {"backbone": best_other["backbone"], "view": best_other["view"],
+             "input": chosen["input"], "mean": [0.5] * 3, "std": [0.5] * 3}
+            if both[0]["status"] == "chosen" else {}
+        )  # fmt: skip
+    else:
+        assert both[0]["status"] == "skipped"
+        assert both[0]["reason"].startswith("side by side at each one's own input it validated ")
+        assert both[0]["view"] == f"{chosen['view']} + {best_other['view']}"
+        assert plan["paired"] == {}
 
 
 def test_weights_without_a_named_backbone_is_one_clear_error(tmp_path):

@@ -19,6 +19,10 @@ validation split alone: near the ceiling a validation split of a few hundred ima
 tell backbones apart (imagenette_subset, 400 validation images: Lite0 0.9925, Lite2 0.9950,
 one standard error 0.004), while every training image predicted out of fold, and compared
 image by image, can; on that set's untouched test split Lite2 was 1.7 points better.
+
+The last candidate is the best other backbone beside the chosen one, both at the chosen one's
+input, one head on both views (decide.pair); it must beat the chosen backbone alone by more
+than one paired standard error, since it doubles the cost of every prediction.
 """
 
 from __future__ import annotations
@@ -28,14 +32,11 @@ import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 
 from ..core.distributed import broadcast_object
 from ..core.machine import give_back_memory
 from ..core.stats import paired_se
-from ..features.memo import content_key
 from ..settings import DEFAULT_BACKBONE
-from ..train.logreg import as_float_rows, fit_logreg
 from .banks import bank_backbone
 from .label_issues import FOLDS, cross_fitted
 
@@ -209,12 +210,16 @@ def search(
     console,
     deadline: float,
     include_default: bool,
+    pair: bool = True,
 ):
     """Run the frozen choice on each backbone of `specs` (cheapest first; `first` is the
     opened and embedded first of them) that its estimate lets run before `deadline`
-    (time.monotonic()). `open_backbone(spec)` returns its Candidate. Returns (the chosen
-    Candidate, every Tried, the reason); every other Candidate, `first` too, is let go."""
+    (time.monotonic()). `open_backbone(spec)` returns its Candidate. With `pair`, the best
+    other backbone beside the chosen one is the last candidate (decide.pair). Returns (the
+    chosen Candidate, every Tried, the reason); every other Candidate, `first` too, is let
+    go."""
     from .frozen import choose_frozen
+    from .pair import try_pair
 
     samples = [*data.train, *data.val]  # what the choice reads; test rows only for the winner
     y = data.labels(samples)
@@ -278,63 +283,18 @@ def search(
     pick, reason = choose_backbone(tried, predicted, y)
     tried[pick].status = "chosen"
     others = [i for i, t in enumerate(tried) if t.val_acc is not None and i != pick]
-    if others:  # the chosen backbone's view beside the best other one's: measured, reported
-        other = max(others, key=lambda i: (tried[i].cv_acc or 0.0, tried[i].val_acc))
-        tried.append(side_by_side(opened[pick], opened[other], data, seed))
     won = opened[pick]
+    if others and pair:  # the chosen backbone's view beside the best other one's
+        o = max(others, key=lambda i: (tried[i].cv_acc or 0.0, tried[i].val_acc))
+        both, record = try_pair(
+            won, tried[pick], opened[o], tried[o], data, seed, console, deadline, predicted[pick]
+        )  # fmt: skip
+        tried.append(record)
+        won = both or won
     for cand in opened:
-        if cand is not None and cand is not won:
+        if cand is not None and cand is not opened[pick]:
             _let_go(cand)
     return won, tried, reason
-
-
-_PAIR_NAMESPACE = "two-backbones-v1"
-
-
-def side_by_side(a: Candidate, b: Candidate, data, seed: int) -> Tried:
-    """A head on the chosen views of two backbones side by side, measured on validation like
-    any frozen candidate (remembered by content). Reported beside the backbones, never
-    chosen: a model running two backbones on one input is not exported yet."""
-    views = [a.choice.view.name, b.choice.view.name]
-    y_tr, y_va = data.labels(data.train), data.labels(data.val)
-    key = content_key(
-        [
-            [a.features.space, b.features.space],
-            views,
-            [s.digest for s in data.train],
-            np.asarray(y_tr).tolist(),
-            [s.digest for s in data.val],
-            np.asarray(y_va).tolist(),
-            seed,
-        ]
-    )
-    known = a.features.memo.get(_PAIR_NAMESPACE, key)
-    clock = Clock()
-    if isinstance(known, dict) and {"val_acc", "val_loss"} <= set(known):
-        acc, loss = known["val_acc"], known["val_loss"]
-    else:
-        rows = [
-            (c.features.rows(data.train, v), c.features.rows(data.val, v))
-            for c, v in zip((a, b), views, strict=True)
-        ]
-        tr = torch.cat([as_float_rows(x) for x, _ in rows], 1)
-        va = torch.cat([as_float_rows(x) for _, x in rows], 1)
-        del rows
-        result = fit_logreg(tr, y_tr, va, y_va, len(data.classes))
-        acc, loss = round(result.val_acc, 4), round(result.val_loss, 4)
-        a.features.memo.put(_PAIR_NAMESPACE, key, {"val_acc": acc, "val_loss": loss})
-    return Tried(
-        f"{a.spec.name} + {b.spec.name}",
-        a.spec.preprocessing.crop_size,
-        None,
-        "measured only",
-        acc,
-        loss,
-        " + ".join(views),
-        choice_seconds=clock(),
-        reason="a head on both backbones' chosen views side by side; reported, not chosen: "
-        "a model running two backbones is not exported yet",
-    )
 
 
 def _let_go(cand: Candidate) -> None:

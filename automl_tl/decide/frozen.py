@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..core.stats import standard_error
+from ..features.paired import primary_view
 from .candidates import Choice, choose_view
 from .planner import Plan
 
@@ -62,7 +63,7 @@ def with_frozen_choice(plan: Plan, choice: Choice, spec, n_val: int) -> Plan:
     means (the last stage pooled is case 1, anything else case 2), every candidate, and the
     expected accuracy (the chosen head's 95% interval)."""
     last = spec.stages[-1].name
-    case = 1 if choice.view.name == last else 2
+    case = 1 if primary_view(choice.view.name) == last else 2  # a pair: its first backbone's
     reasons = list(plan.reasons)
     if case != plan.case:
         reasons.append(

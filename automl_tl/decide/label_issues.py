@@ -212,15 +212,24 @@ def issues_of(features, data, choice, seed: int, console=None) -> tuple[list[dic
     return cross_fitted(features, data, choice, seed, console)["issues"], len(data.train + data.val)
 
 
-def label_issues_record(rows: list[dict], checked: int) -> dict:
-    """metrics.json's `label_issues`: how many, of how many, how, and where the list is."""
-    return {
+def label_issues_record(issues: tuple, metrics: dict) -> dict:
+    """metrics.json's `label_issues`: how many, of how many, how, and where the list is;
+    `issues` is (rows, images checked[, what was dropped]) and `metrics` the fit's, whose
+    validation and test accuracy are the "after" of a fit without the flagged images."""
+    rows, checked = issues[:2]
+    record = {
         "count": len(rows),
         "images_checked": checked,
         "method": f"confident learning (prune by noise rate) on {FOLDS}-fold out-of-fold "
         "probabilities of the frozen head, training and validation images",
         "file": "label_issues.csv",
     }
+    if len(issues) > 2:  # dropped: the same validation and test images, before and after
+        after = {"validation": metrics["validation"]["accuracy"]}
+        if "test" in metrics:
+            after["test"] = metrics["test"]["accuracy"]
+        record["dropped"] = {**issues[2], "after": after}
+    return record
 
 
 def without_issues(data, rows: list[dict], choice, features):

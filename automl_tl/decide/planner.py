@@ -85,6 +85,9 @@ class Plan:
     input_size: int = 0
     # --backbone auto: every backbone tried (decide.backbones.Tried), cheapest first.
     backbones: list[dict] = field(default_factory=list)
+    # A second backbone beside `backbone` at its input (features.paired): its name, view,
+    # input and normalisation; empty when one backbone makes the features.
+    paired: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -24,7 +24,7 @@ from ..data.files import Sample
 from . import ops
 from .extractor import FeatureExtractor
 from .memo import Memo
-from .rows import StoredRows
+from .rows import StoredRows, joined_rows
 from .runners import forget_runner, make_runner, pick_engine
 from .stage_graph import extractor_key, read_sidecar
 from .store import FeatureStore
@@ -198,6 +198,11 @@ class FeatureCache:
         self._runner = None
         give_back_memory()
 
+    def head_extractor(self, cut: int, grid: int = 1, parts=()) -> FeatureExtractor:
+        """The frozen model's feature extractor: the backbone up to stage `cut`, pooled to
+        `grid`, or the joined view of `parts` ((stage index, grid) pairs)."""
+        return FeatureExtractor(self.net, self.spec.preprocessing, cut, grid=grid, parts=parts)
+
     def sibling(self, spec: BackboneSpec | None = None, views=None) -> FeatureCache:
         """A cache of the same network, folder, storage and engine for other `views` (a
         stage's whole map) or another `spec` (the backbone at another input size)."""
@@ -301,10 +306,7 @@ class FeatureCache:
         joined view's name ("a+b") gives its members' rows side by side (float16)."""
         members = stage.split(JOINER)
         if len(members) > 1:
-            got = [self._get(m, digests) for m in members]
-            if all(r.scales is None for r in got):
-                return StoredRows(torch.cat([r.values for r in got], 1), None)
-            return StoredRows(torch.cat([r.dequantize().half() for r in got], 1), None)
+            return joined_rows([self._get(m, digests) for m in members])
         if self._memory is None or (not digests and self._store_ok):
             return self.store.get(self.space, stage, digests)
         if not digests:

@@ -11,7 +11,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["StoredRows"]
+__all__ = ["StoredRows", "joined_rows"]
 
 
 @dataclass(frozen=True)
@@ -49,3 +49,13 @@ class StoredRows:
         if index is None:
             index = torch.arange(len(self))
         return ops.gather_dequantize(self.values, self.scales, torch.as_tensor(index).long())
+
+
+def joined_rows(parts) -> StoredRows:
+    """Rows of several views side by side (a joined view, a pair of backbones): float16 as
+    stored, int8 dequantised to float16 (rows of different scales cannot share one)."""
+    import torch
+
+    if all(r.scales is None for r in parts):
+        return StoredRows(torch.cat([r.values for r in parts], 1), None)
+    return StoredRows(torch.cat([r.dequantize().half() for r in parts], 1), None)

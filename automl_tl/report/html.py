@@ -83,7 +83,13 @@ def _header(data: dict, plan: dict, metrics: dict) -> str:
     cards = "".join(f'<div class="kpi"><b>{v}</b><span>{label}</span></div>' for v, label in kpis)
     facts = [
         f"data <b>{esc(data.get('data_path', '–'))}</b>",
-        f"backbone <b>{esc(data.get('backbone') or plan.get('backbone', '–'))}</b>",
+        f"backbone <b>{esc(data.get('backbone') or plan.get('backbone', '–'))}</b>"
+        + (
+            f" with <b>{esc(as_dict(plan.get('paired')).get('backbone'))}</b> beside it "
+            f"({esc(as_dict(plan.get('paired')).get('view'))})"
+            if plan.get("paired")
+            else ""
+        ),
         f"strategy <b>{esc(plan.get('strategy', '–'))}</b>, cut <b>{esc(plan.get('cut', '–'))}</b>"
         + (f" pooled {esc(plan['grid'])}×{esc(plan['grid'])}" if _grid(plan) > 1 else "")
         + (f", head on <b>{esc(plan.get('view'))}</b> side by side" if plan.get("parts") else ""),

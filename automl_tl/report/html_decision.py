@@ -158,7 +158,7 @@ def _backbones(plan: dict) -> str:
     if not tried:
         return ""
     rows = []
-    for t in tried:
+    for i, t in enumerate(tried):
         status = t.get("status", "")
         said = f"{status}: {t['reason']}" if t.get("reason") else status
         estimate = t.get("estimate_seconds")
@@ -175,9 +175,9 @@ def _backbones(plan: dict) -> str:
                 + (
                     f"estimated {seconds_text(estimate)}"
                     if estimate is not None
-                    else ""
-                    if status == "measured only"
                     else "the first: always runs"
+                    if i == 0
+                    else ""
                 )
                 + "</span>",
                 num(t.get("images_per_second"), ".1f"),

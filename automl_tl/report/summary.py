@@ -49,7 +49,9 @@ class FitSummary:
             model=str(result.model_path),
             case=result.plan.case,
             strategy=result.plan.strategy,
-            backbone=result.plan.backbone,
+            backbone=" + ".join(
+                [result.plan.backbone, *filter(None, [result.plan.paired.get("backbone")])]
+            ),
             classes=result.data.classes,
             images_used=len(report.samples),
             files_skipped=len(report.problems),
@@ -102,17 +104,7 @@ class FitSummary:
         if self.backbones:  # --backbone auto: what the search measured
             lines.append(
                 "backbones: "
-                + ", ".join(
-                    f"{t['backbone']} "
-                    + (f"{t['cv_acc']:.4f} / " if t.get("cv_acc") is not None else "")
-                    + f"{t['val_acc']:.4f}"
-                    + {"chosen": " (chosen)", "measured only": " (side by side, not exported)"}.get(
-                        t["status"], ""
-                    )
-                    if t["val_acc"] is not None
-                    else f"{t['backbone']} skipped (time budget)"
-                    for t in self.backbones
-                )
+                + ", ".join(_tried(t) for t in self.backbones)
                 + " (the frozen choice's accuracy cross-fitted on training + validation / on "
                 "validation)"
             )
@@ -208,3 +200,14 @@ class AnalysisSummary:
         if e:
             lines.append(f"  expected accuracy: {e['low']:.3f}-{e['high']:.3f} ({e['basis']})")
         return "\n".join(lines)
+
+
+def _tried(t: dict) -> str:
+    """One backbone of the search in the summary line."""
+    if t["val_acc"] is None:
+        return f"{t['backbone']} skipped (time budget)"
+    cv = f"{t['cv_acc']:.4f} / " if t.get("cv_acc") is not None else ""
+    status = {"chosen": " (chosen)"}.get(t["status"], "")
+    if t["status"] == "skipped":  # a pair screened on validation, then not measured
+        status = " (screened, skipped)"
+    return f"{t['backbone']} {cv}{t['val_acc']:.4f}{status}"

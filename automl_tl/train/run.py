@@ -13,7 +13,6 @@ import torch
 
 from ..core.tasks import HeadConfig, HeadTask, ImageTask
 from ..data.preprocess import Preprocessing
-from ..features.extractor import FeatureExtractor
 from .model import ExportModel, predict_files
 from .tune_full import FinetuneConfig
 from .tune_top_model import map_view
@@ -44,14 +43,15 @@ def _view_parts(spec, plan) -> tuple[tuple[int, int], ...]:
     return tuple((spec.stage_index(n), int(g)) for n, g in plan.parts)
 
 
-def fit_frozen(strategy, net, features, plan, data, config: HeadConfig, console, fitted=None):
+def fit_frozen(strategy, features, plan, data, config: HeadConfig, console, fitted=None):
     """Frozen backbone: the chosen view's rows from the feature cache, handed to the strategy
     as stored rows and as float32 arrays (and `fitted`, the view choice's head on those rows,
     when it has one). Returns a Trained model: the backbone up to the cut, then the head."""
     spec = features.spec
     prep = spec.preprocessing
     cut = spec.stage_index(plan.cut)
-    extractor = FeatureExtractor(net, prep, cut, grid=plan.grid, parts=_view_parts(spec, plan))
+    # the feature cache's extractor (a pair of backbones gives both, side by side)
+    extractor = features.head_extractor(cut, plan.grid, _view_parts(spec, plan))
     everything = data.everything
     rows = features.rows(everything, plan.view or plan.cut)
     n_tr, n_va = len(data.train), len(data.val)
