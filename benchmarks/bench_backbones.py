@@ -86,7 +86,9 @@ def fit(data: Path, work: Path, tag: str, extra: list[str], cache_of: str | None
         "acc": acc,
         "n": n,
         "se": math.sqrt(max(acc * (1 - acc), 1 / n) / n),
-        "backbone": plan["backbone"],
+        "backbone": " + ".join(
+            [plan["backbone"], *filter(None, [plan.get("paired", {}).get("backbone")])]
+        ),
         "view": plan.get("view", ""),
         "case": plan["case"],
         "seconds": seconds,
@@ -114,10 +116,14 @@ def main() -> None:
         lite0 = fit(tree, work, "lite0", ["--backbone", "efficientnet_lite0"])
         auto = fit(tree, work, "auto", [])
         # the alternatives the search did not keep, each fitted as a user naming it would
-        # (in the auto fit's cache: rows reused), for their test accuracy
+        # (in the auto fit's cache: rows reused), for their test accuracy; when a pair was
+        # kept, its first backbone alone is one of them (a named backbone is never paired)
         others = {}
+        paired = " + " in auto["backbone"]
         for t in auto["tried"]:
-            if t["status"] in ("measured", "skipped") and t["backbone"] != "efficientnet_lite0":
+            if " + " in t["backbone"] or t["backbone"] == "efficientnet_lite0":
+                continue
+            if t["status"] in ("measured", "skipped") or (paired and t["status"] == "chosen"):
                 others[t["backbone"]] = fit(
                     tree, work, t["backbone"], ["--backbone", t["backbone"]], cache_of="auto"
                 )

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from automl_tl.core.files import file_sha256
 from automl_tl.decide.backbones import (
     Candidate,
     Tried,
@@ -214,7 +215,9 @@ def test_a_default_fit_measures_every_lite_backbone_and_a_warm_refit_measures_no
         )
         assert plan["paired"] == (
             {"backbone": best_other["backbone"], "view": best_other["view"],
-             "input": chosen["input"], "mean": [0.5] * 3, "std": [0.5] * 3}
+             "input": chosen["input"], "mean": [0.5] * 3, "std": [0.5] * 3,
+             "weights_sha256": file_sha256(
+                 get_plugins().backbone(best_other["backbone"]).weights_path())}
             if both[0]["status"] == "chosen" else {}
         )  # fmt: skip
     else:

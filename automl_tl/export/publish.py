@@ -36,17 +36,10 @@ def provenance(spec, weights: str | None, plan) -> dict:
         "cut": plan.cut,
         "grid": plan.grid,
         "view": plan.view or plan.cut,
-        # a second backbone beside the first on the same input: its name, view, normalisation
-        # (inside the graph) and weights
-        **({"beside": _beside(plan.paired)} if plan.paired else {}),
+        # a second backbone beside the first on the same input: its name, view, input,
+        # normalisation (inside the graph) and the sha256 of its weights
+        **({"beside": dict(plan.paired)} if plan.paired else {}),
     }
-
-
-def _beside(paired: dict) -> dict:
-    from ..plugins import get_plugins
-
-    path = get_plugins().backbone(paired["backbone"]).weights_path()
-    return {**paired, "weights_sha256": file_sha256(path) if path else None}
 
 
 def metadata(classes: list[str], spec, weights: str | None, plan, trust: dict | None = None):

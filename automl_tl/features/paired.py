@@ -17,6 +17,7 @@ import dataclasses
 import torch
 from torch import nn
 
+from ..core.files import file_sha256
 from .rows import StoredRows, joined_rows
 from .views import JOINER, View, frozen_views
 
@@ -135,13 +136,16 @@ class PairedFeatures:
         )
 
     def record(self) -> dict:
-        """The plan's `paired` field: the second backbone, its view and input."""
+        """The plan's `paired` field: the second backbone, its view, input, normalisation
+        and the sha256 of its default weights (the search uses no others)."""
         spec = self.second.spec
         prep = spec.preprocessing
+        path = spec.weights_path()
         return {
             "backbone": spec.name,
             "view": self.second_view,
             "input": prep.crop_size,
             "mean": list(prep.mean),
             "std": list(prep.std),
+            "weights_sha256": file_sha256(path) if path else None,
         }
