@@ -228,7 +228,7 @@ def _fit(source, s: Session, run: RunFolder, exclude, started: float) -> FitResu
     features.release()  # the embedding session, until rows are missing again
     analysis, plan = _analyse(p, s)
     strategy = s.plugins.strategy(plan.strategy)
-    fitted, warm, choice, issues = None, None, None, None
+    fitted = warm = choice = issues = None
     searched = strategy.kind == "images" or searches_views(plan, st.strategy, st.case)
     if not searched:  # --case 1 or --strategy: no frozen choice to compare backbones by
         why = "--case 1 and --strategy skip the frozen choice"
@@ -239,9 +239,10 @@ def _fit(source, s: Session, run: RunFolder, exclude, started: float) -> FitResu
             frozen = strategy.kind != "images"  # a second backbone beside is a frozen model
             with _step("the backbone search"):
                 p, choice, why, changes = _search(p, s, include_default, frozen, started)
-            if p.spec is not spec:  # the winner's own profile and plan
+            if p.features is not features:  # the winner's (or the pair's) test rows too
                 p.features.ensure(data.everything)
                 p.features.release()  # the embedding session, until rows are missing again
+            if p.spec is not spec:  # the winner's own profile and plan
                 analysis, plan = _analyse(p, s)
                 strategy = s.plugins.strategy(plan.strategy)
             spec, features = p.spec, p.features  # a pair's features when it won
@@ -299,12 +300,11 @@ def _fit(source, s: Session, run: RunFolder, exclude, started: float) -> FitResu
     with _step("calibration and the OOD reference"):
         trust = _assess(trained, plan, kept, p, strategy, s)
     trained.model.outputs = trust.outputs  # folded into the exported graph
-    metrics = {**metrics, **trust.record}
     for line in trust.record["shift"]:
         console.warn(f"shift: {line}")
     with _step("export"):
         check = _export(trained, plan, kept, p, strategy, result.model_path, s, trust)
-    metrics = {**metrics, "export_check": check}
+    metrics = {**metrics, **trust.record, "export_check": check}
     if st.int8:
         with _step("int8"):
             threshold = trust.record["ood"]["threshold"]

@@ -287,7 +287,7 @@ def search(
     if others and pair:  # the chosen backbone's view beside the best other one's
         o = max(others, key=lambda i: (tried[i].cv_acc or 0.0, tried[i].val_acc))
         both, record = try_pair(
-            won, tried[pick], opened[o], tried[o], data, seed, console, deadline, predicted[pick]
+            won, tried[pick], opened[o], data, seed, console, deadline, predicted[pick]
         )  # fmt: skip
         tried.append(record)
         won = both or won

@@ -111,7 +111,7 @@ def _skipped(record, why: str, console):
     return None, record
 
 
-def try_pair(won, won_tried, other, other_tried, data, seed, console, deadline, won_predicted):
+def try_pair(won, won_tried, other, data, seed, console, deadline, won_predicted):
     """(a Candidate whose features are the pair, or None; the pair's Tried record). `won` is
     the chosen backbone's Candidate (measured: its choice made), `other` the best other one;
     `won_predicted` the chosen one's cross-fitted predictions. The module docstring says how."""
@@ -149,7 +149,7 @@ def try_pair(won, won_tried, other, other_tried, data, seed, console, deadline, 
     left = deadline - time.monotonic()
     record.estimate_seconds = round(estimate, 1) if math.isfinite(estimate) else None
     if broadcast_object(estimate > SEARCH_SHARE * left):  # rank 0's clock under torchrun
-        second.close()
+        _let_go(second)
         return _skipped(
             record,
             f"estimated {estimate:.0f} s ({len(todo)} images of {other.spec.name} at "
@@ -167,8 +167,9 @@ def try_pair(won, won_tried, other, other_tried, data, seed, console, deadline, 
     paired = PairedFeatures(won.features, won.choice.view, second, other.choice.view.name)
     choice = pair_choice(paired, data, seed, won.choice.candidates)
     predicted = np.asarray(cross_fitted(paired, data, choice, seed, console)["predicted"])
-    rate = second.embed_rate()
-    record.images_per_second = round(rate, 1) if rate else None
+    rates = [won.features.embed_rate(), second.embed_rate()]
+    if all(rates):  # both graphs on every image (each rate includes a decode: errs slow)
+        record.images_per_second = round(1 / sum(1 / r for r in rates), 1)
     record.embed_seconds = round(second.stats.seconds, 2)
     record.choice_seconds = round(time.perf_counter() - started, 2)
     mine = next(c for c in choice.candidates if c["view"] == choice.view.name)
@@ -195,10 +196,15 @@ def try_pair(won, won_tried, other, other_tried, data, seed, console, deadline, 
         "kept, since a second one doubles the cost of every prediction"
     )
     console.note(f"backbones side by side ({name}): measured, {record.reason}")
+    _let_go(second)
+    return None, record
+
+
+def _let_go(second) -> None:
+    """The second backbone's cache closed and its session freed (the pair was not kept)."""
     second.close()
     second.release()
     give_back_memory()
-    return None, record
 
 
 def _scaled_rate(other, spec) -> float | None:

@@ -91,6 +91,18 @@ class PairedFeatures:
         return getattr(self.first, name)
 
     @property
+    def stats(self):
+        """The first cache's embedding counts with the second one's rows and seconds added:
+        the pair's features are both."""
+        a, b = self.first.stats, self.second.stats
+        return dataclasses.replace(
+            a,
+            computed=a.computed + b.computed,
+            seconds=a.seconds + b.seconds,
+            not_stored=a.not_stored + b.not_stored,
+        )
+
+    @property
     def backbones(self) -> str:
         return f"{self.first.spec.name} + {self.second.spec.name}"
 
