@@ -3,6 +3,7 @@
     python benchmarks/bench_label_issues.py [--datasets flowers5,imagenette_subset]
                                             [--rate 0.05] [--seed 0] [--cache DIR]
                                             [--backbone efficientnet_lite0]
+                                            [--beside efficientnet_lite2]
 
 Per dataset: the fit's split (validation carved from train when there is no val/ folder), then
 `--rate` of the TRAINING images get a wrong label (another class drawn uniformly; seeded; in
@@ -33,6 +34,7 @@ from automl_tl.data.split import split
 from automl_tl.decide.candidates import choose_view
 from automl_tl.decide.label_issues import find_label_issues, out_of_fold_probabilities
 from automl_tl.features.cache import FeatureCache
+from automl_tl.features.paired import at_input_of
 from automl_tl.plugins.manager import get_plugins
 from automl_tl.train.logreg import fit_logreg
 
@@ -47,7 +49,7 @@ def _acc(head, x, y) -> float:
         return float((head(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
 
 
-def run(name: str, cache, rate: float, seed: int, console: Console, backbone: str) -> dict:
+def run(name, cache, rate: float, seed: int, console: Console, backbone: str, beside=None) -> dict:
     spec = get_plugins().backbone(backbone)
     report = audit(scan(SHARED / name), console)
     train, val, test = split(report.samples, 0.2, seed)
@@ -66,6 +68,18 @@ def run(name: str, cache, rate: float, seed: int, console: Console, backbone: st
     )
     C = fit.C if fit is not None else next(c["C"] for c in table if c["view"] == chosen.name)
     rows = features.rows(train + val, chosen.name).dequantize().numpy()
+    view = chosen.name
+    if beside:  # a second backbone at the first one's input, its own view chosen there
+        other = at_input_of(get_plugins().backbone(beside), spec)
+        second = FeatureCache(other, other.build(), cache, console=console)
+        second.ensure(train + val + test)
+        picked, *_ = choose_view(
+            second, train, val, noisy, y_va, other.stages[-1].name, seed, console
+        )  # fmt: skip
+        extra = second.rows(train + val, picked.name).dequantize().numpy()
+        rows = np.concatenate([rows, extra], 1)
+        C = fit_logreg(rows[: len(train)], noisy, rows[len(train) :], y_va, k).C
+        view = f"{chosen.name} & {beside}:{picked.name}"
     y_all = np.concatenate([noisy, y_va])
     t0 = time.perf_counter()
     probs = out_of_fold_probabilities(rows, y_all, k, C, 5, seed)
@@ -74,7 +88,7 @@ def run(name: str, cache, rate: float, seed: int, console: Console, backbone: st
     ours = find_label_issues(probs, y_all)
     ours_s = time.perf_counter() - t0
     truth = set(planted.tolist())
-    out = {"dataset": name, "backbone": backbone, "view": chosen.name, "planted": len(planted)}
+    out = {"dataset": name, "backbone": backbone, "view": view, "planted": len(planted)}
     out["oof s"] = oof_s
     out["oof accuracy"] = float((probs.argmax(1) == y_all).mean())
     out["ours flagged"] = len(ours)
@@ -110,6 +124,8 @@ def run(name: str, cache, rate: float, seed: int, console: Console, backbone: st
     x_tr, x_va = rows[: len(train)], rows[len(train) :]
     if test:
         x_sc = features.rows(test, chosen.name).dequantize().numpy()
+        if beside:
+            x_sc = np.concatenate([x_sc, second.rows(test, picked.name).dequantize().numpy()], 1)
         y_sc, scored = lab(test), "test"
     else:
         x_sc, y_sc, scored = x_va[score], y_va[score], "validation half"
@@ -130,13 +146,15 @@ def main() -> None:
     # the backbone the default fit keeps on the dataset (docs/backbones.md): Lite1 on
     # imagenette_subset, Lite0 on flowers5; one name for every dataset
     ap.add_argument("--backbone", default="efficientnet_lite0")
+    # a second backbone beside it, at its input (what the default fit keeps on flowers5)
+    ap.add_argument("--beside", default=None)
     args = ap.parse_args()
     console = Console(quiet=True)
     for name in args.datasets.split(","):
         if not (SHARED / name).is_dir():
             print(f"{name}: skipped, {SHARED / name} is absent")
             continue
-        r = run(name, args.cache, args.rate, args.seed, console, args.backbone)
+        r = run(name, args.cache, args.rate, args.seed, console, args.backbone, args.beside)
         print(" | ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}"
                          for k, v in r.items()))  # fmt: skip
 

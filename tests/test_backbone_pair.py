@@ -64,6 +64,23 @@ def test_the_pair_rows_are_what_its_exported_extractor_computes_from_one_input(
     scale = np.abs(rows).max(axis=1, keepdims=True)
     assert float((np.abs(computed - rows) / scale).max()) < 0.01  # float16 storage
     assert paired.missing(samples) == []
+    # the pair's head, and again on fewer training images (--drop-label-issues): the same
+    # two views, fitted again
+    import dataclasses
+
+    from automl_tl.decide.pair import choose_again, pair_choice
+
+    choice = pair_choice(paired, data, 0, [])
+    assert choice.view.name == paired.view.name and choice.fit is not None
+    assert [c["view"] for c in choice.candidates] == [paired.view.name]
+    assert choice.candidates[0]["width"] == paired.view.width
+    fewer = dataclasses.replace(data, train=data.train[2:])
+    again = choose_again(paired, fewer, 0, Console(quiet=True))
+    assert again.view.name == paired.view.name and again.fit is not None
+    assert again.candidates[-1]["train_rows"] == len(data.train) - 2
+    # the first backbone's views measured again on those images, then the pair
+    assert {c["view"] for c in again.candidates[:-1]} >= {v.name for v in first.features.views}
+    assert again.candidates[-1]["view"] == paired.view.name
 
 
 def _fit(digits_dir, out, cache, **kw):

@@ -189,6 +189,7 @@ def try_pair(won, won_tried, other, data, seed, console, deadline, won_predicted
             f"standard error ({se:.4f}): both backbones run in the exported model"
         )
         console.note(f"backbones side by side ({name}): kept, {record.reason}")
+        choice = choice._replace(reason=f"{choice.reason}; kept: {record.reason}")
         return Candidate(won.spec, won.net, paired, choice), record
     record.reason = (
         f"cross-fitted accuracy {cv:.4f} vs {won.spec.name} alone {base:.4f}: "
