@@ -59,7 +59,8 @@ lint: $(STAMP)
 # The suite must leave the environment as it found it: pip freeze before and after, compared
 # whether or not the tests passed (the exit status is pytest's unless the freeze differs).
 FREEZE := $(VENV)/.freeze-before-test
-PYTEST ?= $(BIN)/pytest -q
+# --durations: the slowest tests are listed, so a CI log says where the suite's time goes
+PYTEST ?= $(BIN)/pytest -q --durations=15
 test: lint
 	$(BIN)/python -m pip freeze --all > $(FREEZE)
 	@$(PYTEST); status=$$?; \

@@ -83,6 +83,15 @@ def test_the_pair_rows_are_what_its_exported_extractor_computes_from_one_input(
     assert again.candidates[-1]["view"] == paired.view.name
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One feature cache for this module's fits: the first (the budget test, which needs a
+    cost to estimate: a pair whose rows and measurements are all cached costs nothing and
+    runs) embeds and measures the three backbones; the others reuse its rows and choices
+    (what they test is the pair's step). Tests run in file order."""
+    return tmp_path_factory.mktemp("pair-cache")
+
+
 def _fit(digits_dir, out, cache, **kw):
     from automl_tl import AutoTransfer
 
@@ -90,8 +99,22 @@ def _fit(digits_dir, out, cache, **kw):
 
 
 @needs_lite
+def test_a_pair_estimated_past_the_budget_is_skipped(digits_dir, tmp_path, monkeypatch, cache):
+    import automl_tl.decide.pair as pair
+
+    monkeypatch.setattr(pair, "screen", lambda *a: (1.0, 0.0))  # isolates the rule
+    monkeypatch.setattr(pair, "SEARCH_SHARE", 0.0)  # nothing more fits
+    model = _fit(digits_dir, tmp_path / "run", cache)
+    both = model.plan_.backbones[3]
+    assert both["status"] == "skipped"
+    assert both["reason"].startswith("estimated ") and "is more than 0% of the " in both["reason"]
+    assert both["estimate_seconds"] is not None  # made before it was skipped
+    assert model.plan_.paired == {}
+
+
+@needs_lite
 def test_a_screen_below_the_chosen_backbone_skips_the_pair_before_embedding(
-    digits_dir, tmp_path, monkeypatch
+    digits_dir, tmp_path, monkeypatch, cache
 ):
     import automl_tl.decide.pair as pair
 
@@ -99,7 +122,7 @@ def test_a_screen_below_the_chosen_backbone_skips_the_pair_before_embedding(
     opened = []
     real = pair.PairedFeatures
     monkeypatch.setattr(pair, "PairedFeatures", lambda *a: opened.append(a) or real(*a))
-    model = _fit(digits_dir, tmp_path / "run", tmp_path / "cache")
+    model = _fit(digits_dir, tmp_path / "run", cache)
     both = model.plan_.backbones[3]
     chosen = next(t for t in model.plan_.backbones if t["status"] == "chosen")
     assert both["status"] == "skipped" and opened == []
@@ -111,29 +134,14 @@ def test_a_screen_below_the_chosen_backbone_skips_the_pair_before_embedding(
 
 
 @needs_lite
-def test_a_pair_estimated_past_the_budget_is_skipped(digits_dir, tmp_path, monkeypatch):
-    import automl_tl.decide.pair as pair
-
-    monkeypatch.setattr(pair, "screen", lambda *a: (1.0, 0.0))  # isolates the rule
-    monkeypatch.setattr(pair, "SEARCH_SHARE", 0.0)  # nothing more fits
-    model = _fit(digits_dir, tmp_path / "run", tmp_path / "cache")
-    both = model.plan_.backbones[3]
-    assert both["status"] == "skipped"
-    assert both["reason"].startswith("estimated ") and "is more than 0% of the " in both["reason"]
-    assert both["estimate_seconds"] > 0
-    assert model.plan_.paired == {}
-
-
-@needs_lite
 def test_a_fit_that_keeps_a_pair_exports_both_backbones_on_one_input(
-    digits_dir, tmp_path, monkeypatch
+    digits_dir, tmp_path, monkeypatch, cache
 ):
     import automl_tl.decide.pair as pair
 
     # isolates the export from the rule: any pair that passes its screen is kept
     monkeypatch.setattr(pair, "screen", lambda *a: (1.0, 0.0))
     monkeypatch.setattr(pair, "paired_se", lambda *a: -1.0)
-    cache = tmp_path / "cache"
     model = _fit(digits_dir, tmp_path / "run", cache)
     plan = json.loads((tmp_path / "run" / "plan.json").read_text())
     chosen, both = (
