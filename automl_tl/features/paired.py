@@ -116,9 +116,9 @@ class PairedFeatures:
         return lambda name: self.rows(samples, name)
 
     def missing(self, samples):
-        seen = {s.digest for s in self.first.missing(samples)}
-        return [*self.first.missing(samples), *(s for s in self.second.missing(samples)
-                                                if s.digest not in seen)]  # fmt: skip
+        first = self.first.missing(samples)  # read once: each call queries the store
+        seen = {s.digest for s in first}
+        return [*first, *(s for s in self.second.missing(samples) if s.digest not in seen)]
 
     def ensure(self, samples) -> None:
         """Both caches' missing rows, one backbone after the other: the first one's session
