@@ -205,7 +205,8 @@ def estimate_candidates(
             view = map_view(spec, after)
             top = warm.top(spec, net, after)
             top.trained_parameters(top.shape)
-            rate = step_rate(top, top.shape)
+            # at the batch training will take: a set smaller than one batch steps it whole
+            rate = step_rate(top, top.shape, min(PartialConfig.batch_size, max(n_train, 1)))
             bar.update()
             store = n_maps * _row_bytes(view.width, dtype)
             epoch_s = (n_train + n_val / 3) / rate
