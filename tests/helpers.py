@@ -15,6 +15,10 @@ from torch import nn
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 CLI = str(Path(sys.executable).parent / "automl-tl")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# A fit whose subject is not the backbone search names one backbone: `auto` (the default)
+# embeds and measures every Lite backbone, about 9 s more for a small fit. The search and the
+# default path have their own tests (test_backbone_search, test_backbone_pair, test_api...).
+LITE0 = ["--backbone", "efficientnet_lite0"]
 
 
 def shared_dataset(name: str) -> Path:

@@ -18,7 +18,7 @@ from automl_tl.data.batches import iter_batches
 from automl_tl.export.check import check_parity
 from automl_tl.features.views import frozen_views
 from automl_tl.train.tune_full import CHECKPOINT_NAME, load_checkpoint
-from tests.helpers import CLI, image_files, make_subset, shared_dataset
+from tests.helpers import CLI, LITE0, image_files, make_subset, shared_dataset
 
 
 def unused_images(src: Path, classes, skip: int, n: int) -> list[Path]:
@@ -54,7 +54,10 @@ def case2(tmp_path_factory):
     src = shared_dataset("mnist")
     data = make_subset(src, tmp_path_factory.mktemp("mn"), ["0", "1", "7"], 12, 6)
     out = tmp_path_factory.mktemp("case2")
-    model = AutoTransfer(case=2, max_analysis_images=30, epochs=60, out=out, quiet=True)
+    lite0 = "efficientnet_lite0"  # the cut, not the backbone search
+    model = AutoTransfer(
+        case=2, backbone=lite0, max_analysis_images=30, epochs=60, out=out, quiet=True
+    )
     return src, model.fit(data)
 
 
@@ -131,7 +134,13 @@ def mn_small(tmp_path_factory):
 def _finetuned(case: int, data: Path, out: Path, **kw) -> AutoTransfer:
     """Full fine-tuning named explicitly (no trial epoch, whatever the estimates say)."""
     model = AutoTransfer(
-        case=case, finetune_epochs=1, finetune="full", max_analysis_images=16, out=out, **kw
+        case=case,
+        finetune_epochs=1,
+        finetune="full",
+        max_analysis_images=16,
+        out=out,
+        backbone="efficientnet_lite0",
+        **kw,
     )
     return model.fit(data)
 
@@ -222,7 +231,7 @@ def test_case4_with_tiny_budget_skips_the_scratch_run(mn_small, tmp_path):
 def test_killed_finetuning_resumes_from_its_checkpoint(hy_small, tmp_path):
     run_dir = tmp_path / "run"
     ck = run_dir / "checkpoints" / "pretrained" / CHECKPOINT_NAME
-    args = [CLI, "fit", str(hy_small), "--case", "3", "--finetune-epochs", "3"]
+    args = [CLI, "fit", str(hy_small), "--case", "3", "--finetune-epochs", "3", *LITE0]
     args += ["--finetune", "full", "--time-budget", "36000"]
     args += ["--out", str(run_dir)]
     with open(tmp_path / "first.log", "w") as log:

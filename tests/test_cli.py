@@ -13,7 +13,7 @@ import torchvision
 from PIL import Image
 
 from automl_tl.data.demo import write_digits
-from tests.helpers import assert_one_line_error, run
+from tests.helpers import LITE0, assert_one_line_error, run
 
 
 def test_console_script_installed():
@@ -144,7 +144,7 @@ def test_fit_shows_progress_unless_quiet(tmp_path):
         assert step in loud.stderr
     assert "validation accuracy" in loud.stdout
     assert "backbones: efficientnet_lite0 " in loud.stdout  # what the search measured
-    quiet = run("fit", data, "--out", tmp_path / "b", "--epochs", "3", "--quiet")
+    quiet = run("fit", data, "--out", tmp_path / "b", "--epochs", "3", "--quiet", *LITE0)
     assert quiet.returncode == 0 and quiet.stderr == ""
 
 

@@ -227,7 +227,8 @@ def test_full_run_folder_and_checkpoint_through_the_cli(digits, small_fs, tmp_pa
     out = out_fs.path / "run"
     res = subprocess.run(
         [CLI, "fit", digits, "--out", out, "--cache-dir", cache_fs.path / "c", "--quiet"]
-        + ["--case", "3", "--finetune-epochs", "1", "--engine", "torch"],
+        + ["--case", "3", "--finetune-epochs", "1", "--engine", "torch"]
+        + ["--backbone", "efficientnet_lite0"],
         capture_output=True,
         text=True,
     )

@@ -20,7 +20,7 @@ from automl_tl.export.predictor import Predictor
 from automl_tl.features.embed import embed
 from automl_tl.features.extractor import FeatureExtractor
 from automl_tl.plugins import get_plugins
-from tests.helpers import CLI
+from tests.helpers import CLI, LITE0
 
 SCRIPT = Path(__file__).with_name("ddp_embed_script.py")
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
@@ -65,7 +65,7 @@ def _probabilities(model: str, images: list[Path]) -> np.ndarray:
 
 @pytest.mark.parametrize(
     "extra",
-    [[], ["--case", "4", "--finetune-epochs", "1"]],
+    [[], ["--case", "4", "--finetune-epochs", "1", *LITE0]],  # the search: default-frozen-choice
     ids=["default-frozen-choice", "case-4-fine-tuning"],
 )
 def test_fit_under_torchrun_fresh_then_warm_gives_the_one_process_model(tmp_path, extra):

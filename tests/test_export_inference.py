@@ -146,7 +146,12 @@ def test_a_model_fine_tuned_at_a_smaller_input_is_evaluated_and_exported_at_it(
     monkeypatch.setattr(lpft, "_accept", lambda *a: True)
     data = write_digits(tmp_path / "digits24", per_class=12, digits=(0, 1, 7), size=24)
     model = AutoTransfer(
-        case=3, finetune="full", finetune_epochs=1, out=tmp_path / "run", max_analysis_images=24
+        case=3,
+        finetune="full",
+        finetune_epochs=1,
+        out=tmp_path / "run",
+        max_analysis_images=24,
+        backbone="efficientnet_lite0",
     ).fit(data)
     plan = json.loads((model.run_dir_ / "plan.json").read_text())
     full = next(e for e in plan["estimates"] if e["kind"] == "full")

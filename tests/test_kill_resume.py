@@ -138,6 +138,7 @@ def test_ctrl_c_during_finetuning_exits_130_with_one_line_and_resume_completes(
     # machine delays the watcher (with two, the run once finished before SIGINT arrived).
     epochs = 6
     args = ["fit", small, "--case", "3", "--finetune-epochs", str(epochs), "--cache-dir", warm]
+    args += ["--backbone", "efficientnet_lite0"]
     args += ["--out", out]
     run = Watched(args)
     run.wait_for(lambda s: "| val loss" in s.text, 900)  # epoch 1 checkpointed and reported

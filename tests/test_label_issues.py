@@ -90,7 +90,8 @@ def test_a_fit_lists_planted_label_errors_and_moves_nothing(tmp_path):
         dst = data / "0" / f"planted-{src.name}"
         src.rename(dst)
         planted.append(dst)
-    model = AutoTransfer(out=tmp_path / "run", quiet=True, int8=False).fit(data)
+    lite0 = dict(backbone="efficientnet_lite0", quiet=True, int8=False)  # the list, not the search
+    model = AutoTransfer(out=tmp_path / "run", **lite0).fit(data)
     with open(model.run_dir_ / "label_issues.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert {r["path"] for r in rows[:2]} == {str(p) for p in planted}
@@ -103,7 +104,7 @@ def test_a_fit_lists_planted_label_errors_and_moves_nothing(tmp_path):
     assert "Possible label errors" in report and planted[0].name in report
     # --drop-label-issues: the flagged training images are left out of a second fit; the
     # validation images stay, so before and after are on the same images
-    again = AutoTransfer(out=tmp_path / "run2", quiet=True, int8=False, drop_label_issues=True)
+    again = AutoTransfer(out=tmp_path / "run2", drop_label_issues=True, **lite0)
     again.fit(data)
     dropped = again.metrics_["label_issues"]["dropped"]
     val_paths = {str(s.path) for s in _val_samples(again)}

@@ -297,7 +297,8 @@ def train_test_fit(tmp_path_factory):
     mp.setattr(pipeline, "analyse", spy_analyse)
     mp.setattr(train_run, "HeadTask", spy_task)
     try:
-        model = AutoTransfer(epochs=30, out=tmp / "run", quiet=True).fit(root)
+        lite0 = "efficientnet_lite0"  # the layout, not the backbone search
+        model = AutoTransfer(backbone=lite0, epochs=30, out=tmp / "run", quiet=True).fit(root)
     finally:
         mp.undo()
     return model, seen, root, tmp
@@ -343,7 +344,9 @@ def test_fit_reports_test_and_leakage_in_the_run_folder(train_test_fit):
 def test_cli_summary_prints_test_beside_validation(train_test_fit):
     _, _, root, tmp = train_test_fit
     res = CliRunner().invoke(
-        cli_main, ["fit", str(root), "--epochs", "30", "--out", str(tmp / "cli-run"), "-q"]
+        cli_main,
+        ["fit", str(root), "--epochs", "30", "--out", str(tmp / "cli-run"), "-q"]
+        + ["--backbone", "efficientnet_lite0"],
     )
     assert res.exit_code == 0, res.output
     lines = res.stdout.splitlines()

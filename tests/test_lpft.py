@@ -191,7 +191,10 @@ def test_a_passed_deadline_stops_after_one_batch(warm):
 
 # ---------------------------------------------------------------------------- the whole fit
 def _fit(data, out, cache, **kw) -> AutoTransfer:
-    return AutoTransfer(case=3, out=out, cache_dir=cache, max_analysis_images=24, **kw).fit(data)
+    lite0 = "efficientnet_lite0"  # fine-tuning, not the backbone search, is tested here
+    return AutoTransfer(
+        backbone=lite0, case=3, out=out, cache_dir=cache, max_analysis_images=24, **kw
+    ).fit(data)
 
 
 @pytest.mark.slow

@@ -145,6 +145,7 @@ def test_malicious_finetune_checkpoint_is_ignored_on_resume(data, warm_cache, tm
     ck.parent.mkdir(parents=True)
     evil_torch(ck, marker, obj="model")
     args = ["fit", data, "--case", "3", "--finetune-epochs", "1", "--resume", "--out", run]
+    args += ["--backbone", "efficientnet_lite0"]
     args += ["--cache-dir", _copy(warm_cache, tmp_path / "cache")]
     res = subprocess.run(
         [sys.executable, "-m", "automl_tl", *map(str, args)],
