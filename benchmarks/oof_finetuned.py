@@ -28,7 +28,7 @@ from automl_tl.core.console import Console
 from automl_tl.data.audit import audit
 from automl_tl.data.scan import scan
 from automl_tl.data.split import split
-from automl_tl.decide.label_issues import find_label_issues
+from automl_tl.decide.label_issues import find_label_issues, stratified_folds
 from automl_tl.plugins.manager import get_plugins
 from automl_tl.train.tune_full import build_finetune_model
 
@@ -40,16 +40,6 @@ def _images(samples, size: int) -> torch.Tensor:
             im = im.convert("RGB").resize((size, size), Image.BILINEAR)
             out[i] = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
     return out
-
-
-def _folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """Stratified fold of each image, as decide.label_issues assigns them."""
-    rng = np.random.default_rng(seed)
-    fold = np.zeros(len(labels), dtype=np.int64)
-    for c in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == c))
-        fold[members] = np.arange(len(members)) % folds
-    return fold
 
 
 def _fine_tuned_probs(spec, x, y, k, held, kept, epochs, seed) -> np.ndarray:
@@ -93,7 +83,6 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--size", type=int, default=128)
     args = ap.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     spec = get_plugins().backbone("efficientnet_lite0")
     report = audit(scan(SHARED / args.dataset), Console(quiet=True))
     train, val, _ = split(report.samples, 0.2, args.seed)
@@ -110,7 +99,7 @@ def main() -> None:
     x = _images(train + val, args.size)
     print(f"{args.dataset}: {len(y_all)} images decoded at {args.size} px in "
           f"{time.perf_counter() - t0:.0f} s; {len(planted)} planted", flush=True)  # fmt: skip
-    fold = _folds(y_all, 5, args.seed)
+    fold = stratified_folds(y_all, 5, args.seed)  # the folds a fit uses
     probs = np.zeros((len(y_all), k))
     for f in range(5):
         t0 = time.perf_counter()

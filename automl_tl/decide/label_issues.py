@@ -37,6 +37,7 @@ __all__ = [
     "confident_joint",
     "find_label_issues",
     "out_of_fold_probabilities",
+    "stratified_folds",
     "cross_fitted",
     "issues_of",
     "label_issues_record",
@@ -136,6 +137,16 @@ def find_label_issues(probs: np.ndarray, labels: np.ndarray) -> LabelIssues:
     return LabelIssues(index, suggested[index], 1.0 - self_confidence[order])
 
 
+def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Each image's fold, 0..folds-1: every class dealt round-robin in a seeded order."""
+    rng = np.random.default_rng(seed)
+    fold = np.zeros(len(labels), dtype=np.int64)
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        fold[members] = np.arange(len(members)) % folds
+    return fold
+
+
 def out_of_fold_probabilities(
     rows, labels: np.ndarray, n_classes: int, C: float, folds: int = 5, seed: int = 0
 ) -> np.ndarray:
@@ -145,11 +156,7 @@ def out_of_fold_probabilities(
 
     x = as_float_rows(rows)
     labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    fold = np.zeros(len(labels), dtype=np.int64)
-    for c in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == c))
-        fold[members] = np.arange(len(members)) % folds
+    fold = stratified_folds(labels, folds, seed)
     out = np.zeros((len(labels), n_classes), dtype=np.float64)
     for f in range(folds):
         held, kept = np.flatnonzero(fold == f), np.flatnonzero(fold != f)
